@@ -1,0 +1,134 @@
+"""Group-relative advantage estimators (GRPO, Dr. GRPO, RLOO, REINFORCE++), registered by name.
+
+Rewards arrive flat, `[B*G]`, grouped by prompt: rows i*G .. i*G+G-1 are prompt i's G samples
+(the sampler's layout). Every estimator returns one scalar advantage per completion, `[B*G]`,
+which the policy loss broadcasts over that completion's tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import jax.numpy as jnp
+
+Array = jnp.ndarray
+Estimator = Callable[..., Array]
+
+# TRL adds 1e-4 to the std before dividing; matching it keeps our advantages comparable to TRL's.
+DEFAULT_EPS = 1e-4
+
+
+def _grouped(rewards: Array, group_size: int) -> Array:
+    rewards = jnp.asarray(rewards, jnp.float32)
+    if rewards.ndim != 1 or group_size < 1 or rewards.shape[0] % group_size:
+        raise ValueError(f"rewards must be flat [B*G] with G={group_size} dividing it; got shape {rewards.shape}")
+    return rewards.reshape(-1, group_size)
+
+
+def _unbiased_std(x: Array, axis: int | None) -> Array:
+    # torch.Tensor.std() (which TRL uses) is the unbiased (n-1) estimator; a single sample has no
+    # spread, so n=1 gives 0 rather than torch's NaN (TRL special-cases it to 0 as well).
+    n = x.size if axis is None else x.shape[axis]
+    mean = jnp.mean(x, axis=axis, keepdims=True)
+    ss = jnp.sum(jnp.square(x - mean), axis=axis)
+    return jnp.sqrt(ss / max(n - 1, 1))
+
+
+def grpo(
+    rewards: Array,
+    group_size: int,
+    *,
+    scale_rewards: Literal["group", "batch", "none"] = "group",
+    eps: float = DEFAULT_EPS,
+) -> Array:
+    """GRPO (DeepSeekMath): A_i = (r_i - mean(group)) / (std + eps), with TRL's `scale_rewards` choice.
+
+    std is the unbiased (n-1) std, as TRL's torch `.std()`; "group" uses the prompt's group std,
+    "batch" the std of all B*G rewards (the mean stays per group, as in TRL), "none" skips scaling
+    (which is exactly Dr. GRPO).
+    """
+    g = _grouped(rewards, group_size)
+    centered = g - jnp.mean(g, axis=1, keepdims=True)
+    if scale_rewards == "group":
+        std = _unbiased_std(g, axis=1)[:, None]
+    elif scale_rewards == "batch":
+        std = _unbiased_std(g, axis=None)
+    elif scale_rewards == "none":
+        return centered.reshape(-1)
+    else:
+        raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_rewards!r}")
+    return (centered / (std + eps)).reshape(-1)
+
+
+def dr_grpo(rewards: Array, group_size: int) -> Array:
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): A_i = r_i - mean(group).
+
+    Dividing by the group std up-weights near-unanimous (too easy / too hard) prompts; Dr. GRPO drops it.
+    """
+    g = _grouped(rewards, group_size)
+    return (g - jnp.mean(g, axis=1, keepdims=True)).reshape(-1)
+
+
+def rloo(rewards: Array, group_size: int) -> Array:
+    """RLOO (Ahmadian et al. 2024): A_i = r_i - mean of the other G-1 rewards of the group.
+
+    Equals G/(G-1) * (r_i - group mean); the leave-one-out baseline keeps the estimate unbiased.
+    G=1 has no other sample to compare with, so the advantage is 0.
+    """
+    g = _grouped(rewards, group_size)
+    if group_size == 1:
+        return jnp.zeros_like(g).reshape(-1)
+    others_mean = (jnp.sum(g, axis=1, keepdims=True) - g) / (group_size - 1)
+    return (g - others_mean).reshape(-1)
+
+
+def reinforce_pp(rewards: Array, group_size: int, *, eps: float = 1e-8) -> Array:
+    """REINFORCE++-baseline (Hu et al. 2025; OpenRLHF `reinforce_baseline`), outcome reward only.
+
+    1. subtract the prompt's group mean: a_i = r_i - mean(group);
+    2. whiten over the whole batch: A_i = (a_i - mean_batch(a)) / (std_batch(a) + eps), with the
+       population (n) std over all B*G completions.
+    OpenRLHF whitens over tokens (each completion weighted by its length); we whiten over
+    completions, which keeps advantages independent of response length (one scalar per completion).
+    """
+    a = dr_grpo(rewards, group_size)
+    mean = jnp.mean(a)
+    std = jnp.sqrt(jnp.mean(jnp.square(a - mean)))
+    return (a - mean) / (std + eps)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {
+    "grpo": grpo,
+    "dr_grpo": dr_grpo,
+    "rloo": rloo,
+    "reinforce_pp": reinforce_pp,
+}
+
+
+def zero_variance_groups(rewards: Array, group_size: int) -> Array:
+    """[B] bool: groups whose G rewards are all equal (no learning signal under group baselines)."""
+    g = _grouped(rewards, group_size)
+    # Exact comparison: rewards are verifier outputs, and DAPO's criterion is "not all equal".
+    return jnp.max(g, axis=1) == jnp.min(g, axis=1)
+
+
+def dynamic_sampling_keep_mask(rewards: Array, group_size: int) -> Array:
+    """[B*G] bool, True for rows of groups with non-zero reward variance (DAPO dynamic sampling).
+
+    DAPO drops prompts whose samples are all correct or all wrong (advantage 0 everywhere) and
+    keeps sampling until the batch is full; the per-group view is `mask[::group_size]`.
+    """
+    keep = ~zero_variance_groups(rewards, group_size)
+    return jnp.repeat(keep, group_size)
+
+
+def compute_advantages(name: str, rewards: Array, group_size: int, **kwargs) -> tuple[Array, dict[str, Array]]:
+    """Runs the estimator registered as `name`; returns (advantages [B*G] float32, metrics).
+
+    metrics["zero_std_frac"] is the fraction of groups whose rewards are all equal.
+    """
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}; choose from {sorted(ADVANTAGE_ESTIMATORS)}")
+    advantages = ADVANTAGE_ESTIMATORS[name](rewards, group_size, **kwargs)
+    metrics = {"zero_std_frac": jnp.mean(zero_variance_groups(rewards, group_size).astype(jnp.float32))}
+    return advantages, metrics
