@@ -1,0 +1,1 @@
+"""Model implementations (pure: no training imports)."""

@@ -1,0 +1,109 @@
+"""Qwen2.5-VL for conditional generation: vision tower + text decoder, and the host-side input preparation.
+
+`Qwen2_5_VL.forward(inputs)` is pure and traceable (static shapes); `prepare_inputs` turns what the HF
+tokenizer and image processor emit into those static-shape `ModelInputs` on the host; `model(...)` does both.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxr1.models.qwen2_5_vl.config import ModelConfig
+from jaxr1.models.qwen2_5_vl.rope_index import get_rope_index
+from jaxr1.models.qwen2_5_vl.text import TextDecoder
+from jaxr1.models.qwen2_5_vl.vision import VisionTower
+from jaxr1.models.qwen2_5_vl.vision_index import build_vision_layout, image_token_index
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class VisionInputs:
+    patches: jax.Array      # [S, P, patch_dim]
+    rope_hw: jax.Array      # [S, P, 2]
+    window_ids: jax.Array   # [S, P]
+    frame_ids: jax.Array    # [S, P]
+    restore: jax.Array      # [S, P / merge_unit]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ModelInputs:
+    input_ids: jax.Array       # [B, T]
+    attention_mask: jax.Array  # [B, T]
+    positions: jax.Array       # [3, B, T] M-RoPE ids
+    image_index: jax.Array     # [B, T] flat merged-image-token index per <|image_pad|>, -1 elsewhere
+    vision: VisionInputs | None = None
+
+
+def prepare_inputs(cfg: ModelConfig, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
+                   num_image_slots: int | None = None, patches_per_slot: int | None = None
+                   ) -> tuple[ModelInputs, np.ndarray]:
+    """Host (numpy) preparation. Returns the inputs and each row's rope delta (for decoding)."""
+    input_ids = np.asarray(input_ids, np.int32)
+    attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
+    has_images = pixel_values is not None and image_grid_thw is not None and len(image_grid_thw) > 0
+    positions, deltas = get_rope_index(input_ids, attention_mask, image_grid_thw if has_images else None,
+                                       image_token_id=cfg.image_token_id,
+                                       spatial_merge_size=cfg.vision.spatial_merge_size)
+    vision = None
+    if has_images:
+        v = cfg.vision
+        layout = build_vision_layout(pixel_values, image_grid_thw, spatial_merge_size=v.spatial_merge_size,
+                                     window_size=v.window_size, patch_size=v.patch_size,
+                                     num_slots=num_image_slots, patches_per_slot=patches_per_slot)
+        image_index = image_token_index(input_ids, cfg.image_token_id, layout.num_tokens, layout.restore.shape[1])
+        vision = VisionInputs(layout.patches, layout.rope_hw, layout.window_ids, layout.frame_ids, layout.restore)
+    else:
+        if (input_ids == cfg.image_token_id).any():
+            raise ValueError("input_ids contain <|image_pad|> tokens but no pixel_values/image_grid_thw were given")
+        image_index = np.full(input_ids.shape, -1, np.int32)
+    return ModelInputs(input_ids, attention_mask, positions, image_index, vision), deltas
+
+
+class Qwen2_5_VL(nnx.Module):
+    def __init__(self, cfg: ModelConfig, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+        self.config = cfg
+        self.visual = VisionTower(cfg.vision, dtype, rngs)
+        self.language_model = TextDecoder(cfg.text, cfg.tie_word_embeddings, dtype, rngs)
+
+    @property
+    def dtype(self):
+        return self.language_model.embed.value.dtype
+
+    def encode_images(self, vision: VisionInputs, *, remat: bool = False) -> jax.Array:
+        """[S, P, patch_dim] -> [S * P / merge_unit, D] flat merged image features."""
+        feats = self.visual(vision.patches, vision.rope_hw, vision.window_ids, vision.frame_ids, vision.restore,
+                            remat=remat)
+        return feats.reshape(-1, feats.shape[-1])
+
+    def embed(self, inputs: ModelInputs, image_features: jax.Array | None = None, *, remat: bool = False) -> jax.Array:
+        """Token embeddings with image features scattered into the <|image_pad|> positions (a gather: static)."""
+        embeds = self.language_model.embed_tokens(inputs.input_ids)
+        if image_features is None and inputs.vision is not None:
+            image_features = self.encode_images(inputs.vision, remat=remat)
+        if image_features is None:
+            return embeds
+        picked = jnp.take(image_features, jnp.maximum(inputs.image_index, 0), axis=0).astype(embeds.dtype)
+        return jnp.where((inputs.image_index >= 0)[..., None], picked, embeds)
+
+    def hidden_states(self, inputs: ModelInputs, *, remat: bool = False, collect_hidden: bool = False):
+        out = self.language_model(self.embed(inputs, remat=remat), inputs.positions, inputs.attention_mask,
+                                  remat=remat, collect_hidden=collect_hidden)
+        return out if collect_hidden else out[0]
+
+    def forward(self, inputs: ModelInputs) -> jax.Array:
+        return self.language_model.logits(self.hidden_states(inputs))
+
+    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None) -> jax.Array:
+        """Logits [B, T, V] from inputs exactly as the HF tokenizer / image processor produce them."""
+        inputs, _ = prepare_inputs(self.config, input_ids, attention_mask, pixel_values, image_grid_thw)
+        return _jit_forward(self, inputs)
+
+
+@nnx.jit
+def _jit_forward(model: Qwen2_5_VL, inputs: ModelInputs) -> jax.Array:
+    return model.forward(inputs)

@@ -1,0 +1,106 @@
+"""Qwen2.5-VL vision tower: patch embedding, 2D rotary, window/full attention blocks, patch merger.
+
+Runs on the slot layout of `vision_index.build_vision_layout`: [slots, patches, ...] with window and frame
+segment ids, so every shape is static and attention stays inside its image, frame and window.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxr1.models.qwen2_5_vl.config import VisionConfig
+from jaxr1.models.qwen2_5_vl.params_init import param
+from jaxr1.ops.attention import attention
+from jaxr1.ops.layers import activation, apply_rope, linear, rms_norm
+
+_NORM_EPS = 1e-6  # transformers hard-codes eps=1e-6 in the vision blocks and merger
+
+
+class VisionBlocks(nnx.Module):
+    """`depth` blocks with weights stacked on axis 0."""
+
+    def __init__(self, cfg: VisionConfig, dtype, rngs: nnx.Rngs | None):
+        L, E, I = cfg.depth, cfg.hidden_size, cfg.intermediate_size
+        self.norm1 = param(rngs, (L, E), dtype, "ones")
+        self.norm2 = param(rngs, (L, E), dtype, "ones")
+        self.qkv_kernel = param(rngs, (L, E, 3 * E), dtype)
+        self.qkv_bias = param(rngs, (L, 3 * E), dtype, "zeros")
+        self.proj_kernel = param(rngs, (L, E, E), dtype)
+        self.proj_bias = param(rngs, (L, E), dtype, "zeros")
+        self.gate_kernel = param(rngs, (L, E, I), dtype)
+        self.gate_bias = param(rngs, (L, I), dtype, "zeros")
+        self.up_kernel = param(rngs, (L, E, I), dtype)
+        self.up_bias = param(rngs, (L, I), dtype, "zeros")
+        self.down_kernel = param(rngs, (L, I, E), dtype)
+        self.down_bias = param(rngs, (L, E), dtype, "zeros")
+
+
+class PatchMerger(nnx.Module):
+    def __init__(self, cfg: VisionConfig, dtype, rngs: nnx.Rngs | None):
+        E, M = cfg.hidden_size, cfg.hidden_size * cfg.merge_unit
+        self.ln_q = param(rngs, (E,), dtype, "ones")
+        self.fc1_kernel = param(rngs, (M, M), dtype)
+        self.fc1_bias = param(rngs, (M,), dtype, "zeros")
+        self.fc2_kernel = param(rngs, (M, cfg.out_hidden_size), dtype)
+        self.fc2_bias = param(rngs, (cfg.out_hidden_size,), dtype, "zeros")
+
+
+class VisionTower(nnx.Module):
+    def __init__(self, cfg: VisionConfig, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+        self.cfg = cfg
+        self.patch_embed = param(rngs, (cfg.patch_dim, cfg.hidden_size), dtype)  # Conv3d as a matmul
+        self.blocks = VisionBlocks(cfg, dtype, rngs)
+        self.merger = PatchMerger(cfg, dtype, rngs)
+
+    def rotary(self, rope_hw: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+        """Axial 2D rotary: a quarter of head_dim of frequencies for rows, a quarter for columns, doubled."""
+        spatial = self.cfg.head_dim // 2
+        inv_freq = 1.0 / (self.cfg.rope_theta ** (np.arange(0, spatial, 2, dtype=np.float32) / spatial))
+        freqs = rope_hw[..., None].astype(jnp.float32) * inv_freq          # [S, P, 2, hd/4]
+        freqs = freqs.reshape(*freqs.shape[:-2], -1)                        # [S, P, hd/2] (rows then cols)
+        emb = jnp.concatenate([freqs, freqs], axis=-1)
+        return jnp.cos(emb), jnp.sin(emb)
+
+    def __call__(self, patches: jax.Array, rope_hw: jax.Array, window_ids: jax.Array, frame_ids: jax.Array,
+                 restore: jax.Array, *, remat: bool = False) -> jax.Array:
+        """patches [S, P, patch_dim] (window order) -> merged features [S, P/4, out_hidden] (processor order)."""
+        cfg = self.cfg
+        dtype = self.patch_embed.value.dtype
+        x = patches.astype(dtype) @ self.patch_embed.value
+        cos, sin = self.rotary(rope_hw, dtype)
+        window_mask = window_ids[:, :, None] == window_ids[:, None, :]
+        full_mask = frame_ids[:, :, None] == frame_ids[:, None, :]
+        is_full = np.zeros((cfg.depth,), bool)
+        is_full[[i for i in cfg.fullatt_block_indexes if i < cfg.depth]] = True
+        act = activation(cfg.hidden_act)
+        heads, hd = cfg.num_heads, cfg.head_dim
+
+        def block(x, layer):
+            p, full = layer
+            s, n, _ = x.shape
+            h = rms_norm(x, p["norm1"], _NORM_EPS)
+            qkv = linear(h, p["qkv_kernel"], p["qkv_bias"]).reshape(s, n, 3, heads, hd)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+            # transformers applies the vision rotary in float32 and casts back.
+            q = apply_rope(q.astype(jnp.float32), cos, sin).astype(dtype)
+            k = apply_rope(k.astype(jnp.float32), cos, sin).astype(dtype)
+            mask = jnp.where(full, full_mask, window_mask)
+            o = attention(q, k, v, mask).reshape(s, n, heads * hd)
+            x = x + linear(o, p["proj_kernel"], p["proj_bias"])
+            h = rms_norm(x, p["norm2"], _NORM_EPS)
+            g = act(linear(h, p["gate_kernel"], p["gate_bias"])) * linear(h, p["up_kernel"], p["up_bias"])
+            return x + linear(g, p["down_kernel"], p["down_bias"]), None
+
+        if remat:
+            block = jax.checkpoint(block)
+        stacked = {k: v.value for k, v in vars(self.blocks).items() if isinstance(v, nnx.Param)}
+        x, _ = jax.lax.scan(block, x, (stacked, jnp.asarray(is_full)))
+
+        m = self.merger
+        s, n, e = x.shape
+        x = rms_norm(x, m.ln_q.value, _NORM_EPS).reshape(s, n // cfg.merge_unit, e * cfg.merge_unit)
+        x = jax.nn.gelu(linear(x, m.fc1_kernel.value, m.fc1_bias.value), approximate=False)
+        x = linear(x, m.fc2_kernel.value, m.fc2_bias.value)
+        return jnp.take_along_axis(x, restore[..., None], axis=1)

@@ -1,0 +1,1 @@
+"""Numerical kernels shared by the models (attention, norms, rotary embeddings)."""
