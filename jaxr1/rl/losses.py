@@ -7,8 +7,9 @@ nor its gradient sees them.
 
 Gradient accumulation: every aggregation mode is `numerator / normalizer`, where the numerator is
 a sum over rows and the normalizer a count over the whole batch. Compute the normalizer once from
-the full rollout's mask with `compute_loss_normalizer(mask, aggregation)` and pass it to `policy_loss` for
-every micro-batch; the sum of the micro-batch gradients then equals the full-batch gradient.
+the full rollout's mask with `compute_loss_normalizer(mask, aggregation)`, pass it as
+`loss_normalizer` for every micro-batch, and sum (do not average) the micro-batch gradients: the
+sum equals the full-batch gradient. Under jit on a global (sharded) mask the count is global.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def policy_loss(
     DAPO's clip-higher is epsilon_high=0.28; GSPO is importance_level="sequence" with small epsilons.
     old_logprobs=None means on-policy (one update per rollout): old = stop_gradient(logprobs).
 
-    aggregation (numerator / normalizer; normalizer defaults to `compute_loss_normalizer(mask, aggregation)`):
+    aggregation (numerator / normalizer; the default normalizer is compute_loss_normalizer(mask, aggregation)):
       token_mean               sum over valid tokens / number of valid tokens (DAPO token-level loss)
       seq_mean_token_mean      per-row token mean, averaged over rows (original GRPO)
       seq_mean_token_sum_norm  per-row token sum / max_tokens, averaged over rows (Dr. GRPO's constant

@@ -95,4 +95,5 @@ def test_memory_stays_chunk_sized():
 
     compiled = jax.jit(jax.grad(objective, argnums=(0, 1))).lower(*args).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
-    assert temp < 0.2 * full_logits_bytes, f"temp {temp / 2**20:.0f} MiB vs full logits {full_logits_bytes / 2**20:.0f} MiB"
+    mib = 2**20
+    assert temp < 0.2 * full_logits_bytes, f"temp {temp / mib:.0f} MiB vs full logits {full_logits_bytes / mib:.0f} MiB"

@@ -136,7 +136,8 @@ def test_gspo_sequence_ratio():
 def test_gspo_negative_advantage_clipped_low():
     # seq log-ratio mean(-0.4, -0.2) = -0.3, s = 0.7408182 < 0.8 with A = -1: loss -(-0.8) = 0.8
     logp = jnp.array([[-0.4, -0.2]])
-    loss, metrics = policy_loss(logp, jnp.zeros((1, 2)), jnp.array([-1.0]), jnp.ones((1, 2)), importance_level="sequence")
+    old, mask = jnp.zeros((1, 2)), jnp.ones((1, 2))
+    loss, metrics = policy_loss(logp, old, jnp.array([-1.0]), mask, importance_level="sequence")
     close(loss, 0.8)
     close(metrics["clip_frac_low"], 1.0)
 
@@ -151,10 +152,11 @@ def test_micro_batch_gradients_sum_to_full_batch(aggregation):
     adv = jnp.asarray(rng.normal(size=n), jnp.float32)
     lengths = np.array([5, 1, 0, 3, 4, 2])  # uneven, one empty row
     mask = jnp.asarray(np.arange(t)[None, :] < lengths[:, None], jnp.float32)
-    kw = dict(ref_logprobs=ref, beta=0.05, aggregation=aggregation, max_tokens=t)
+    kw = dict(beta=0.05, aggregation=aggregation, max_tokens=t)
 
     def loss_fn(lp, sl, normalizer=None):
-        return policy_loss(lp, old[sl], adv[sl], mask[sl], **{**kw, "ref_logprobs": ref[sl]}, loss_normalizer=normalizer)[0]
+        out, _ = policy_loss(lp, old[sl], adv[sl], mask[sl], **kw, ref_logprobs=ref[sl], loss_normalizer=normalizer)
+        return out
 
     full = jax.grad(loss_fn)(logp, slice(0, n))
     normalizer = compute_loss_normalizer(mask, aggregation)
