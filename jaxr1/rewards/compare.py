@@ -1,0 +1,206 @@
+"""Equality of parsed answers: numbers, expressions, equations and sequences.
+
+Tolerance rules (stated here because the reward depends on them):
+- exact numbers (integers, fractions, decimals read exactly: 0.75 == 3/4) compare exactly,
+  so 1/2004! != 1/2006! however small both are;
+- irrational values compare numerically at 30 digits with relative tolerance 1e-12;
+- a bare decimal with >= 2 significant digits equals an exact value it is a rounding of
+  (0.33 ~ 1/3, 3.14 ~ pi), but only when that value has no exact form with as many decimal
+  places (so 2.004 != 2); two decimals compare exactly (0.5 != 0.54);
+- expressions with symbols are compared at fixed pseudo-random points (no simplify(), which
+  can run for minutes); they must agree at every point where both are defined.
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from jaxr1.rewards.structure import Equation, Node, Relation, Scalar, Seq
+
+REL_TOL = 1e-12
+SYMBOLIC_TOL = 1e-9
+_POINTS = (
+    sympy.Rational(7311, 10000), sympy.Rational(-12297, 10000), sympy.Rational(21389, 10000),
+    sympy.Rational(3817, 10000), sympy.Rational(-5523, 10000), sympy.Rational(16619, 10000),
+)
+
+
+def _num(e: sympy.Expr) -> complex | None:
+    try:
+        v = complex(sympy.N(e, 30))
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+        return None
+    if v != v or abs(v) == float("inf"):
+        return None
+    return v
+
+
+def _close(a: complex, b: complex, tol: float) -> bool:
+    return abs(a - b) <= tol * max(abs(a), abs(b))
+
+
+def _numeric_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
+    if a.is_Rational and b.is_Rational:
+        return a == b
+    if a.has(sympy.oo, -sympy.oo, sympy.zoo) or b.has(sympy.oo, -sympy.oo, sympy.zoo):
+        return False  # structural equality already covered oo == oo
+    diff = sympy.N(a - b, 30)  # evalf raises precision until the difference is resolved
+    if diff == 0:
+        return True
+    va, vb = _num(a), _num(b)
+    if va is None or vb is None:
+        return False
+    dv = _num(diff)
+    if dv is None:
+        return False
+    return abs(dv) <= REL_TOL * max(abs(va), abs(vb))
+
+
+def _rounds_to(decimal: tuple[int, int], dec_value: sympy.Expr, exact: sympy.Expr) -> bool:
+    """Is the decimal literal a rounding of the exact value (see module docstring)?"""
+    places, significant = decimal
+    if significant < 2 or exact.free_symbols:
+        return False
+    scaled = exact * sympy.Integer(10) ** places
+    if scaled.is_Integer:
+        return False  # the exact value has a finite form with this many places; must be equal
+    v = _num(exact)
+    if v is None or abs(v.imag) > 0:
+        return False
+    return abs(v.real - float(dec_value)) <= 0.5 * 10.0**-places * (1 + 1e-9)
+
+
+def _symbolic_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
+    symbols = sorted(a.free_symbols | b.free_symbols, key=lambda s: s.name)
+    agree = 0
+    for k in range(len(_POINTS)):
+        point = {s: _POINTS[(k + 2 * j) % len(_POINTS)] for j, s in enumerate(symbols)}
+        va, vb = _num(a.xreplace(point)), _num(b.xreplace(point))
+        if va is None and vb is None:
+            continue
+        if va is None or vb is None:
+            return False
+        if abs(va - vb) > SYMBOLIC_TOL * max(1.0, abs(va), abs(vb)):
+            return False
+        agree += 1
+    return agree >= 3
+
+
+def exprs_equal(a: sympy.Expr, b: sympy.Expr, dec_a=None, dec_b=None) -> bool:
+    if a == b:
+        return True
+    if a.free_symbols or b.free_symbols:
+        return _symbolic_equal(a, b)
+    if _numeric_equal(a, b):
+        return True
+    if dec_a is not None and dec_b is None:
+        return _rounds_to(dec_a, a, b)
+    if dec_b is not None and dec_a is None:
+        return _rounds_to(dec_b, b, a)
+    return False
+
+
+def _alternatives(s: Scalar, other: Scalar) -> list[sympy.Expr]:
+    """Readings of a marked value when only one side carries the mark: 30% -> 30 or 0.3."""
+    if s.percent and not other.percent:
+        return [s.expr, s.expr / 100]
+    if s.degree and not other.degree:
+        return [s.expr, s.expr * sympy.pi / 180]
+    return [s.expr]
+
+
+def scalars_equal(g: Scalar, p: Scalar) -> bool:
+    for a in _alternatives(g, p):
+        for b in _alternatives(p, g):
+            da = g.decimal if a is g.expr else None
+            db = p.decimal if b is p.expr else None
+            if exprs_equal(a, b, da, db):
+                return True
+    return False
+
+
+def _simple_lhs(e: Equation) -> bool:
+    """x = 3, f(x) = 3, Area = 12: a name whose value is the right side."""
+    return e.lhs is None or isinstance(e.lhs, sympy.Symbol) or (
+        bool(e.lhs.free_symbols) and not e.rhs.expr.free_symbols
+    )
+
+
+def _equations_equal(g: Equation, p: Equation) -> bool:
+    if g.lhs is None or p.lhs is None or g.lhs == p.lhs:
+        return scalars_equal(g.rhs, p.rhs)  # same (or unreadable) name: compare the values
+    # Same set of solutions up to a constant factor: y = 2x + 1 vs 2x - y + 1 = 0.
+    d1, d2 = g.lhs - g.rhs.expr, p.lhs - p.rhs.expr
+    if not (d1.free_symbols and d2.free_symbols) or d1.free_symbols != d2.free_symbols:
+        return False
+    ratio_points = []
+    symbols = sorted(d1.free_symbols, key=lambda s: s.name)
+    for k in range(len(_POINTS)):
+        point = {s: _POINTS[(k + 2 * j) % len(_POINTS)] for j, s in enumerate(symbols)}
+        v1, v2 = _num(d1.xreplace(point)), _num(d2.xreplace(point))
+        if v1 is None or v2 is None or abs(v2) < 1e-12:
+            continue
+        ratio_points.append(v1 / v2)
+    if len(ratio_points) < 3 or abs(ratio_points[0]) < 1e-12:
+        return False
+    return all(_close(r, ratio_points[0], SYMBOLIC_TOL) for r in ratio_points)
+
+
+def _match_unordered(gs: tuple, ps: tuple) -> bool:
+    """Perfect matching between gold and predicted items (augmenting paths; n is small)."""
+    if len(gs) != len(ps):
+        return False
+    eq = [[nodes_equal(g, p) for p in ps] for g in gs]
+    owner: dict[int, int] = {}
+
+    def assign(i: int, seen: set[int]) -> bool:
+        for j in range(len(ps)):
+            if eq[i][j] and j not in seen:
+                seen.add(j)
+                if j not in owner or assign(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    return all(assign(i, set()) for i in range(len(gs)))
+
+
+def _seqs_equal(g: Seq, p: Seq) -> bool:
+    unordered = {"list", "set", "union"}
+    if g.kind in unordered and p.kind in unordered:
+        if "set" in (g.kind, p.kind) and "union" in (g.kind, p.kind):
+            return False
+        return _match_unordered(g.items, p.items)
+    if len(g.items) != len(p.items):
+        return False
+    if "interval" in (g.kind, p.kind) or (len(g.items) == 2 and g.kind == p.kind == "tuple"):
+        # A 2-item bracket is an interval or a point: the bracket types must agree.
+        if g.brackets != p.brackets or "list" in (g.kind, p.kind):
+            return False
+    elif {g.kind, p.kind} == {"set", "tuple"}:
+        return False
+    return all(nodes_equal(a, b) for a, b in zip(g.items, p.items))
+
+
+def _single(n: Node) -> Node:
+    while isinstance(n, Seq) and n.kind in ("list", "set") and len(n.items) == 1:
+        n = n.items[0]
+    return n
+
+
+def nodes_equal(g: Node, p: Node) -> bool:
+    """Is the predicted structure p the same answer as the gold structure g?"""
+    g, p = _single(g), _single(p)
+    if isinstance(g, Scalar) and isinstance(p, Scalar):
+        return scalars_equal(g, p)
+    if isinstance(g, Scalar) and isinstance(p, Equation):
+        return _simple_lhs(p) and scalars_equal(g, p.rhs)
+    if isinstance(g, Equation) and isinstance(p, Scalar):
+        return _simple_lhs(g) and scalars_equal(g.rhs, p)
+    if isinstance(g, Equation) and isinstance(p, Equation):
+        return _equations_equal(g, p)
+    if isinstance(g, Seq) and isinstance(p, Seq):
+        return _seqs_equal(g, p)
+    if isinstance(g, Relation) and isinstance(p, Relation):
+        return g.ops == p.ops and all(exprs_equal(a, b) for a, b in zip(g.parts, p.parts))
+    return False

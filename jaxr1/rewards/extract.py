@@ -1,0 +1,95 @@
+"""Find the final answer inside a model completion (or a wrapped gold answer).
+
+Order: the last complete <answer>...</answer> block, else the last \\boxed{...}, else an
+"the answer is X" ending. Only the tail of very long texts is searched: the answer is at the
+end, and regexes over megabytes of untrusted output would cost more than the verification.
+"""
+
+from __future__ import annotations
+
+import re
+
+# The answer sits at the end; 64k characters is far more than any sane answer block.
+MAX_SEARCH_CHARS = 65_536
+
+_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# "The final answer is $7$.", "Answer: (B)", "the answer is B. 12"
+_ANSWER_IS = re.compile(
+    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is\s*:?|:|=)\s*",
+    re.IGNORECASE,
+)
+
+
+def matching_brace(text: str, open_idx: int) -> int:
+    """Index of the '}' that closes the '{' at open_idx, or -1 when unbalanced."""
+    depth = 0
+    i = open_idx
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\" and i + 1 < n and text[i + 1] in "{}":
+            i += 2  # an escaped brace (\{ set delimiters) does not nest
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete \\boxed{...} (nested braces allowed)."""
+    starts = [m.end() - 1 for m in _BOXED.finditer(text)]
+    for open_idx in reversed(starts):
+        close = matching_brace(text, open_idx)
+        if close != -1:
+            return text[open_idx + 1 : close]
+    return None
+
+
+def _answer_is(text: str) -> str | None:
+    matches = list(_ANSWER_IS.finditer(text))
+    if not matches:
+        return None
+    rest = text[matches[-1].end() :]
+    line = rest.split("\n", 1)[0].strip()
+    # A sentence after the answer ("... is 5. We are done") is not part of it; but keep
+    # decimals ("is 2.5") and option labels ("is B. 12") intact.
+    line = re.sub(r"(?<=[^\s.])\.\s+[A-Z].*$", "", line) if not re.match(r"^\(?[A-J]\)?\.", line) else line
+    line = line.strip().rstrip(".").strip()
+    line = re.sub(r"^\*\*|\*\*$", "", line).strip()
+    return line or None
+
+
+def extract_answer(completion: str) -> str | None:
+    """The final answer in a completion, or None when there is none (or it is empty)."""
+    if not isinstance(completion, str) or not completion:
+        return None
+    text = completion[-MAX_SEARCH_CHARS:]
+    blocks = _ANSWER_BLOCK.findall(text)
+    if blocks:
+        content = blocks[-1]
+        inner = last_boxed(content)
+        if inner is not None:
+            content = inner
+        content = content.strip()
+        return content or None
+    boxed = last_boxed(text)
+    if boxed is not None:
+        boxed = boxed.strip()
+        return boxed or None
+    return _answer_is(text)
+
+
+def unwrap(text: str) -> str:
+    """A prediction or gold string with any answer wrapper removed (else unchanged)."""
+    found = extract_answer(text)
+    if found is not None:
+        return found
+    if "<answer>" in text.lower() or _BOXED.search(text):
+        return ""  # a wrapper that holds nothing is an empty answer, not the wrapper text
+    return text.strip()
