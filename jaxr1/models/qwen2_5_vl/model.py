@@ -72,7 +72,7 @@ class Qwen2_5_VL(nnx.Module):
 
     @property
     def dtype(self):
-        return self.language_model.embed.value.dtype
+        return self.language_model.embed[...].dtype
 
     def encode_images(self, vision: VisionInputs, *, remat: bool = False) -> jax.Array:
         """[S, P, patch_dim] -> [S * P / merge_unit, D] flat merged image features."""

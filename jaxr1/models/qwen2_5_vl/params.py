@@ -141,7 +141,21 @@ def _open(path: str):
     try:
         return safe_open(path, framework="numpy")
     except Exception as e:  # safetensors raises its own error types for truncated or corrupt headers
-        raise CheckpointError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})"
+                              f"{_truncated_keys(path)}") from None
+
+
+def _truncated_keys(path: str) -> str:
+    """Name the tensors whose bytes lie past the end of a truncated file (read from the raw header)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        cut = [k for k, v in header.items() if k != "__metadata__" and 8 + n + v["data_offsets"][1] > size]
+    except Exception:
+        return ""
+    return f"; truncated: keys {cut[:3]}{' ...' if len(cut) > 3 else ''} extend past the end of the file" if cut else ""
 
 
 def _read(handles: dict, path: str, key: str, raw_keys: dict[str, str]) -> np.ndarray:
@@ -171,7 +185,7 @@ def load_hf(hf_dir: str, dtype: str | jnp.dtype = "float32") -> Qwen2_5_VL:
     handles: dict = {}
     for path, template, transform in weight_table(cfg):
         p = _param(model, path)
-        shape = tuple(p.value.shape)
+        shape = tuple(p.shape)
         stacked = "{i}" in template
         keys = [template.format(i=i) for i in range(shape[0])] if stacked else [template]
         expected.update(keys)
@@ -191,7 +205,7 @@ def load_hf(hf_dir: str, dtype: str | jnp.dtype = "float32") -> Qwen2_5_VL:
                 out[i] = x
             else:
                 out[...] = x
-        p.value = jnp.asarray(out)
+        p.set_value(jnp.asarray(out))
         del out
     unexpected = sorted(set(files) - expected - ({"lm_head.weight"} if cfg.tie_word_embeddings else set()))
     if unexpected:
@@ -204,7 +218,7 @@ def hf_state_dict(model: Qwen2_5_VL) -> dict[str, np.ndarray]:
     cfg = model.config
     out = {}
     for path, template, transform in weight_table(cfg):
-        value = np.asarray(jax.device_get(_param(model, path).value))
+        value = np.asarray(jax.device_get(_param(model, path)[...]))
         if "{i}" in template:
             for i in range(value.shape[0]):
                 hf_shape = _hf_shape(value.shape[1:], transform, cfg)

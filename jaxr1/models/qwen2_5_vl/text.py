@@ -71,11 +71,11 @@ class TextDecoder(nnx.Module):
         self.lm_head = None if tie_word_embeddings else param(rngs, (cfg.hidden_size, cfg.vocab_size), dtype)
 
     def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embed.value, input_ids, axis=0)
+        return jnp.take(self.embed[...], input_ids, axis=0)
 
     def lm_head_kernel(self) -> jax.Array:
         """[D, V] output projection (the transposed embedding when tied)."""
-        return self.embed.value.T if self.lm_head is None else self.lm_head.value
+        return self.embed[...].T if self.lm_head is None else self.lm_head[...]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         return hidden @ self.lm_head_kernel()
@@ -114,9 +114,9 @@ class TextDecoder(nnx.Module):
 
         if remat:
             layer = jax.checkpoint(layer)
-        stacked = {k: v.value for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+        stacked = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
         xs = (stacked, None, None) if cache is None else (stacked, cache.k, cache.v)
         x, (new_kv, per_layer) = jax.lax.scan(layer, embeds, xs)
         new_cache = None if cache is None else KVCache(*new_kv)
-        out = rms_norm(x, self.norm.value, cfg.rms_norm_eps)
+        out = rms_norm(x, self.norm[...], cfg.rms_norm_eps)
         return (out, new_cache, per_layer) if collect_hidden else (out, new_cache)

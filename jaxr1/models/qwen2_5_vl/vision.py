@@ -67,8 +67,8 @@ class VisionTower(nnx.Module):
                  restore: jax.Array, *, remat: bool = False) -> jax.Array:
         """patches [S, P, patch_dim] (window order) -> merged features [S, P/4, out_hidden] (processor order)."""
         cfg = self.cfg
-        dtype = self.patch_embed.value.dtype
-        x = patches.astype(dtype) @ self.patch_embed.value
+        dtype = self.patch_embed[...].dtype
+        x = patches.astype(dtype) @ self.patch_embed[...]
         cos, sin = self.rotary(rope_hw, dtype)
         window_mask = window_ids[:, :, None] == window_ids[:, None, :]
         full_mask = frame_ids[:, :, None] == frame_ids[:, None, :]
@@ -95,12 +95,12 @@ class VisionTower(nnx.Module):
 
         if remat:
             block = jax.checkpoint(block)
-        stacked = {k: v.value for k, v in vars(self.blocks).items() if isinstance(v, nnx.Param)}
+        stacked = {k: v[...] for k, v in vars(self.blocks).items() if isinstance(v, nnx.Param)}
         x, _ = jax.lax.scan(block, x, (stacked, jnp.asarray(is_full)))
 
         m = self.merger
         s, n, e = x.shape
-        x = rms_norm(x, m.ln_q.value, _NORM_EPS).reshape(s, n // cfg.merge_unit, e * cfg.merge_unit)
-        x = jax.nn.gelu(linear(x, m.fc1_kernel.value, m.fc1_bias.value), approximate=False)
-        x = linear(x, m.fc2_kernel.value, m.fc2_bias.value)
+        x = rms_norm(x, m.ln_q[...], _NORM_EPS).reshape(s, n // cfg.merge_unit, e * cfg.merge_unit)
+        x = jax.nn.gelu(linear(x, m.fc1_kernel[...], m.fc1_bias[...]), approximate=False)
+        x = linear(x, m.fc2_kernel[...], m.fc2_bias[...])
         return jnp.take_along_axis(x, restore[..., None], axis=1)

@@ -1,0 +1,52 @@
+"""Parameter checkpoints on orbax: a model directory holds `config.json` (HF layout), the tokenizer / image
+processor files, and `params/` (an orbax checkpoint of the model's parameters as a plain nested dict)."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from jaxr1.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL
+from jaxr1.models.qwen2_5_vl.params import copy_tokenizer_files
+
+PARAMS_DIR = "params"
+
+
+def save_model(model: Qwen2_5_VL, out_dir: str, *, source_dir: str | None = None) -> None:
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    dtype = "float32" if model.dtype == jnp.float32 else "bfloat16"
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(model.config.to_hf_dict(dtype), f, indent=2)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(out_dir, PARAMS_DIR), nnx.to_pure_dict(nnx.state(model, nnx.Param)), force=True)
+        ckptr.wait_until_finished()
+    if source_dir:
+        copy_tokenizer_files(source_dir, out_dir)
+
+
+def is_model_checkpoint(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, PARAMS_DIR)) and os.path.isfile(os.path.join(path, "config.json"))
+
+
+def load_model(ckpt_dir: str, dtype: str | None = None) -> Qwen2_5_VL:
+    """Restore a model saved by `save_model` (dtype: as saved unless given)."""
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"{ckpt_dir}: no such directory")
+    if not is_model_checkpoint(ckpt_dir):
+        raise FileNotFoundError(f"{ckpt_dir}: not a jaxr1 checkpoint (needs config.json and {PARAMS_DIR}/)")
+    cfg = ModelConfig.from_hf_dir(ckpt_dir)
+    with open(os.path.join(ckpt_dir, "config.json")) as f:
+        saved_dtype = json.load(f).get("dtype", "float32")
+    model = nnx.eval_shape(lambda: Qwen2_5_VL(cfg, jnp.dtype(dtype or saved_dtype)))
+    abstract = nnx.state(model, nnx.Param)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(abstract))
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(os.path.abspath(os.path.join(ckpt_dir, PARAMS_DIR)), target)
+    nnx.replace_by_pure_dict(abstract, restored)
+    nnx.update(model, abstract)
+    return model

@@ -1,0 +1,180 @@
+"""HF checkpoint I/O: layouts, sharding, dtype, round trips, the convert CLI and bad input."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from jaxr1.models import qwen2_5_vl
+from jaxr1.models.qwen2_5_vl import CheckpointError, ConfigError
+from tests.hf_tiny import hf_logits, left_pad, prompt_ids, random_image_inputs
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
+GRIDS = [(1, 6, 8), (1, 4, 4)]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    pv, g = random_image_inputs(GRIDS, seed=11)
+    ids, mask = left_pad([prompt_ids(9, GRIDS[:1], seed=1), prompt_ids(5, GRIDS[1:], seed=2), prompt_ids(12, seed=3)])
+    return ids, mask, pv, g
+
+
+def logits(model, batch):
+    ids, mask, pv, g = batch
+    return np.asarray(model(ids, mask, pv, g))[mask.astype(bool)]
+
+
+def read_dir_tensors(d):
+    out = {}
+    for name in os.listdir(d):
+        if name.endswith(".safetensors"):
+            out.update(load_file(os.path.join(d, name)))
+    return out
+
+
+def test_bf16_load_error_is_bounded(hf_pair, batch):
+    import torch
+    hf_model, path, _ = hf_pair
+    ids, mask, pv, g = batch
+    ref = hf_logits(hf_model, ids, mask, pv, g)[mask.astype(bool)]
+    bf16 = qwen2_5_vl.load_hf(path, dtype="bfloat16")
+    assert bf16.dtype == np.dtype("bfloat16") or str(bf16.dtype) == "bfloat16"
+    ours = logits(bf16, batch).astype(np.float32)
+    diff = np.abs(ours - ref).max()
+    scale = np.abs(ref).max()
+    print(f"bf16 vs fp32 reference: max |diff| {diff:.3e}, max |logit| {scale:.2f}")
+    # bf16 keeps 8 significant bits (relative step 2^-8 = 0.39%); errors of that order compound over ~10
+    # roundings per layer, so 4% of the logit range (about 10 bf16 ulps) is the bound we accept.
+    assert diff <= 0.04 * scale
+
+
+def test_load_save_round_trip_is_bit_exact(hf_pair, tmp_path):
+    _, path, model = hf_pair
+    qwen2_5_vl.save_hf(model, str(tmp_path), source_dir=path)
+    a, b = read_dir_tensors(path), read_dir_tensors(str(tmp_path))
+    a.pop("lm_head.weight", None) if model.config.tie_word_embeddings else None
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    assert os.path.isfile(tmp_path / "generation_config.json")
+
+
+def test_convert_cli_round_trip_gives_identical_transformers_logits(hf_pair, batch, tmp_path):
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from jaxr1.convert import main
+    hf_model, path, _ = hf_pair
+    assert main(["from-hf", path, str(tmp_path / "ckpt")]) == 0
+    assert main(["to-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    back = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tmp_path / "hf")).eval()
+    ids, mask, pv, g = batch
+    assert np.array_equal(hf_logits(hf_model, ids, mask, pv, g), hf_logits(back, ids, mask, pv, g))
+
+
+def test_sharded_checkpoint_loads(hf_pair, batch, tmp_path):
+    hf_model, _, model = hf_pair
+    hf_model.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert os.path.isfile(tmp_path / "model.safetensors.index.json")
+    assert np.array_equal(logits(qwen2_5_vl.load_hf(str(tmp_path)), batch), logits(model, batch))
+
+
+def test_save_hf_shards_above_the_limit(hf_pair, tmp_path):
+    _, _, model = hf_pair
+    qwen2_5_vl.save_hf(model, str(tmp_path), max_shard_bytes=200_000)
+    index = json.load(open(tmp_path / "model.safetensors.index.json"))
+    assert len(set(index["weight_map"].values())) > 1
+    again = qwen2_5_vl.load_hf(str(tmp_path))
+    a, b = qwen2_5_vl.params.hf_state_dict(model), qwen2_5_vl.params.hf_state_dict(again)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_language_model_key_layout_and_flat_4x_config(hf_pair, batch, tmp_path):
+    """The `model.language_model.*` / `model.visual.*` layout, with a transformers-4.x flat config.json."""
+    _, path, model = hf_pair
+    renamed = {}
+    for k, v in read_dir_tensors(path).items():
+        k = "model.language_model." + k[len("model."):] if k.startswith("model.") else k
+        k = "model." + k if k.startswith("visual.") else k
+        renamed[k] = v
+    save_file(renamed, str(tmp_path / "model.safetensors"))
+    cfg = json.load(open(os.path.join(path, "config.json")))
+    text = cfg.pop("text_config")
+    rope = text.pop("rope_parameters")
+    flat = {**cfg, **{k: v for k, v in text.items() if k not in ("model_type", "dtype")},
+            "rope_theta": rope["rope_theta"], "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]}}
+    flat["vision_config"]["in_chans"] = flat["vision_config"].pop("in_channels")
+    json.dump(flat, open(tmp_path / "config.json", "w"))
+    assert np.array_equal(logits(qwen2_5_vl.load_hf(str(tmp_path)), batch), logits(model, batch))
+
+
+@pytest.mark.parametrize("name,size", [("qwen2_5_vl_3b_instruct", "3b"), ("qwen2_5_vl_7b_instruct", "7b")])
+def test_published_configs_parse_with_the_right_sizes(name, size):
+    import jax
+    import torch
+    from flax import nnx
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    cfg = qwen2_5_vl.ModelConfig.from_hf_dict(json.load(open(os.path.join(CONFIGS, name + ".json"))))
+    named = getattr(qwen2_5_vl.ModelConfig, f"qwen2_5_vl_{size}")()
+    assert cfg.text == named.text and cfg.vision == named.vision and cfg.tie_word_embeddings == named.tie_word_embeddings
+    assert cfg.text.mrope_section == (16, 24, 24) and cfg.text.rope_theta == 1e6 and cfg.vision.window_size == 112
+    abstract = nnx.eval_shape(lambda: qwen2_5_vl.Qwen2_5_VL(cfg, "bfloat16"))
+    ours = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    with torch.device("meta"):
+        hf = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig.from_json_file(os.path.join(CONFIGS, name + ".json")))
+    assert ours == sum(p.numel() for p in hf.parameters())
+    if size == "3b":
+        assert 3.70e9 < ours < 3.80e9, ours   # published as 3.75B
+    else:
+        assert 8.2e9 < ours < 8.35e9, ours    # published as 8.29B
+
+
+def test_missing_directory():
+    with pytest.raises(FileNotFoundError, match="/no/such/dir"):
+        qwen2_5_vl.load_hf("/no/such/dir")
+
+
+def test_other_architecture(tmp_path):
+    json.dump({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, open(tmp_path / "config.json", "w"))
+    with pytest.raises(ConfigError, match=f"{tmp_path}/config.json.*model_type='llama'"):
+        qwen2_5_vl.load_hf(str(tmp_path))
+
+
+def test_truncated_safetensors_names_file_and_key(hf_pair, tmp_path):
+    _, path, _ = hf_pair
+    shutil.copytree(path, tmp_path, dirs_exist_ok=True)
+    f = tmp_path / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*keys \['"):
+        qwen2_5_vl.load_hf(str(tmp_path))
+
+
+def test_shape_mismatch_names_file_and_key(hf_pair, tmp_path):
+    _, path, _ = hf_pair
+    shutil.copytree(path, tmp_path, dirs_exist_ok=True)
+    cfg = json.load(open(tmp_path / "config.json"))
+    cfg["text_config"]["intermediate_size"] += 8
+    json.dump(cfg, open(tmp_path / "config.json", "w"))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: 'model\.layers\.0\.mlp\.gate_proj\.weight' has shape"):
+        qwen2_5_vl.load_hf(str(tmp_path))
+
+
+def test_missing_key_is_named(hf_pair, tmp_path):
+    _, path, _ = hf_pair
+    tensors = read_dir_tensors(path)
+    del tensors["visual.merger.ln_q.weight"]
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    shutil.copy(os.path.join(path, "config.json"), tmp_path / "config.json")
+    with pytest.raises(CheckpointError, match="visual.merger.ln_q.weight"):
+        qwen2_5_vl.load_hf(str(tmp_path))
+
+
+def test_convert_cli_reports_bad_input(tmp_path, capsys):
+    from jaxr1.convert import main
+    assert main(["from-hf", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(["to-hf", str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "not a jaxr1 checkpoint" in capsys.readouterr().err
