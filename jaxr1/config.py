@@ -1,0 +1,226 @@
+"""The one config schema: dataclasses, YAML files, dotted command-line overrides, validation.
+
+`load_config(path, overrides)` reads YAML (or the embedded default when path is None), applies
+`section.key=value` overrides (values parsed as YAML scalars), and rejects unknown keys naming the closest
+valid one. `to_dict` gives the resolved config that a run saves as config.yaml.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any
+
+import yaml
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    path: str = "tiny"                 # HF dir, jaxr1 checkpoint dir, or "tiny" (the embedded checkpoint)
+    param_dtype: str = "float32"       # master weights
+    compute_dtype: str = "float32"     # forward/backward and sampling ("bfloat16" on accelerators)
+    freeze_vision: bool = False
+    remat: bool = False                # rematerialise each layer in the backward pass
+    attention: str = "xla"             # xla | cudnn
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: str = "synthetic:clevr_count"   # jsonl/json/parquet/datasets dir/hub name, or synthetic:<task>
+    eval: str | None = None                # held-out split; synthetic tasks make their own
+    schema: str = "auto"                   # auto | r1v | swift | lmmr1
+    system_prompt: str | None = "r1"       # "r1" = the R1 <think>/<answer> instruction; None = none
+    question_template: str = "{question}"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    max_prompt_length: int = 512
+    prompt_bucket: int = 64               # prompts are left-padded to a multiple of this
+    batch_size: int = 4                   # prompts per step (each gets rl.num_generations samples)
+    seed: int = 0
+    num_synthetic: int = 2048             # rows for synthetic:<task> train sets
+    num_eval: int = 256                   # held-out rows for synthetic eval sets
+    max_objects: int = 6                  # synthetic counting scenes: 1..max_objects shapes
+
+
+@dataclasses.dataclass
+class RLConfig:
+    algorithm: str = "grpo"               # advantage estimator: grpo | dr_grpo | rloo | reinforce_pp
+    num_generations: int = 8
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    scale_rewards: str = "group"          # grpo only: group | batch | none
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2             # DAPO clip-higher: 0.28
+    importance_level: str = "token"       # token | sequence (GSPO)
+    loss_aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+    beta: float = 0.0                     # KL weight; 0 never builds the reference model
+    kl_estimator: str = "k3"
+    num_iterations: int = 1               # optimisation passes over each rollout
+    micro_batch_prompts: int = 0          # prompts per micro-batch (0 = the whole batch)
+    dynamic_sampling: bool = False        # DAPO: drop zero-variance groups and refill
+    max_refill_rounds: int = 3
+    logprob_chunk: int = 128
+
+
+@dataclasses.dataclass
+class RewardSpec:
+    name: str = "accuracy"                # registry name or module.path:function
+    weight: float = 1.0
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class RewardsConfig:
+    functions: list[RewardSpec] = dataclasses.field(
+        default_factory=lambda: [RewardSpec("accuracy", 1.0), RewardSpec("format", 0.5)])
+    num_workers: int = 2
+    timeout_s: float = 5.0
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    schedule: str = "constant"            # constant | cosine
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.99
+    max_grad_norm: float = 1.0
+
+
+@dataclasses.dataclass
+class SFTConfig:
+    steps: int = 0                        # > 0: supervised warm start before RL (python -m jaxr1.sft)
+    lr: float = 1e-3
+    batch_size: int = 16
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    rl: RLConfig = dataclasses.field(default_factory=RLConfig)
+    rewards: RewardsConfig = dataclasses.field(default_factory=RewardsConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
+    steps: int = 100
+    seed: int = 0
+    output_dir: str = "runs/default"
+    log_every: int = 1
+    sample_every: int = 10                # write samples.jsonl rows every N steps
+    save_every: int = 0                   # orbax checkpoint every N steps (0 = only at the end)
+    keep_checkpoints: int = 2
+    eval_every: int = 0                   # held-out evaluation every N steps (0 = before and after only)
+    eval_before: bool = True
+    eval_after: bool = True
+    export_hf: bool = True
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _closest(name: str, options) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else f" (valid: {', '.join(sorted(options))})"
+
+
+def _build(cls, data: Any, where: str):
+    if not dataclasses.is_dataclass(cls):
+        return data
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise ConfigError(f"unknown config key {path!r}{_closest(key, fields)}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, path):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if origin is list and args and dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_build(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if value is None:
+        if type(None) in args or hint is Any:
+            return None
+        raise ConfigError(f"{path}: may not be null")
+    base = next((a for a in args if a is not type(None)), hint) if origin in (typing.Union, types.UnionType) else hint
+    if base is float and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-6" as a string
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+    if base in (int, bool, str) and not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ConfigError(f"{path}: expected {base.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_override(raw: dict, dotted: str) -> None:
+    if "=" not in dotted:
+        raise ConfigError(f"override {dotted!r} is not of the form key.sub=value")
+    key, value = dotted.split("=", 1)
+    node, cls = raw, Config
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            raise ConfigError(f"unknown config key {'.'.join(parts[:i + 1])!r}{_closest(part, fields)}")
+        if i == len(parts) - 1:
+            node[part] = yaml.safe_load(value) if value.strip() else None
+        else:
+            cls = typing.get_type_hints(cls)[part]
+            node = node.setdefault(part, {})
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+    raw: dict = {}
+    if path:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    for o in overrides:
+        apply_override(raw, o)
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    choices = {
+        "rl.algorithm": (cfg.rl.algorithm, ("grpo", "dr_grpo", "rloo", "reinforce_pp")),
+        "rl.scale_rewards": (cfg.rl.scale_rewards, ("group", "batch", "none")),
+        "rl.importance_level": (cfg.rl.importance_level, ("token", "sequence")),
+        "rl.loss_aggregation": (cfg.rl.loss_aggregation, ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")),
+        "rl.kl_estimator": (cfg.rl.kl_estimator, ("k1", "k2", "k3")),
+        "optim.schedule": (cfg.optim.schedule, ("constant", "cosine")),
+        "model.param_dtype": (cfg.model.param_dtype, ("float32", "bfloat16")),
+        "model.compute_dtype": (cfg.model.compute_dtype, ("float32", "bfloat16")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: expected one of {allowed}")
+    if cfg.rl.num_generations < 1 or cfg.data.batch_size < 1 or cfg.rl.max_completion_length < 1:
+        raise ConfigError("rl.num_generations, data.batch_size and rl.max_completion_length must be >= 1")
+    mb = cfg.rl.micro_batch_prompts
+    if mb and cfg.data.batch_size % mb:
+        raise ConfigError(f"rl.micro_batch_prompts={mb} must divide data.batch_size={cfg.data.batch_size}")
