@@ -1,0 +1,134 @@
+"""The GRPO learner: optimizer, old/reference log-probs, and the clipped-loss update over micro-batches.
+
+Parameters live as an fp32 (or configured) pytree of nnx.Param values; each jitted function merges them
+with the static graph definition, casts to the compute dtype, and runs the policy forward. Micro-batch
+gradients are summed with a normaliser computed on the whole rollout (see rl.losses), so accumulation gives
+the full-batch gradient. A non-finite gradient skips the update and is counted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxr1.config import OptimConfig, RLConfig
+from jaxr1.models.qwen2_5_vl import ModelInputs, Qwen2_5_VL
+from jaxr1.rl.losses import policy_loss
+from jaxr1.rl.policy import completion_logprobs
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class MicroBatch:
+    prompt: ModelInputs          # b prompts
+    rope_deltas: jax.Array       # [b]
+    completions: jax.Array       # [b*G, Tc]
+    mask: jax.Array              # [b*G, Tc]
+    advantages: jax.Array        # [b*G]
+    old_logprobs: jax.Array | None = None
+    ref_logprobs: jax.Array | None = None
+
+
+def make_schedule(cfg: OptimConfig, total_steps: int):
+    warm = max(cfg.warmup_steps, 0)
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(warm, 1) if warm else 1,
+                                                  max(total_steps, warm + 1), end_value=0.0)
+    if warm:
+        return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), optax.constant_schedule(cfg.lr)],
+                                    [warm])
+    return optax.constant_schedule(cfg.lr)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int, params, *, freeze_vision: bool = False):
+    schedule = make_schedule(cfg, total_steps)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm) if cfg.max_grad_norm > 0 else optax.identity(),
+                     optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+    if freeze_vision:
+        labels = jax.tree_util.tree_map_with_path(
+            lambda path, _: "frozen" if str(getattr(path[0], "key", "")) == "visual" else "train", params)
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx, schedule
+
+
+class Learner:
+    def __init__(self, model: Qwen2_5_VL, rl: RLConfig, optim: OptimConfig, total_steps: int, *,
+                 compute_dtype: str = "float32", remat: bool = False, freeze_vision: bool = False):
+        self.graphdef, self.params = nnx.split(model, nnx.Param)
+        self.rl = rl
+        self.compute_dtype = jnp.dtype(compute_dtype)
+        self.remat, self.freeze_vision = remat, freeze_vision
+        self.tx, self.schedule = make_optimizer(optim, total_steps, self.params, freeze_vision=freeze_vision)
+        self.opt_state = self.tx.init(self.params)
+        self.skipped_updates = 0
+
+    # ---- pure functions (jitted once per shape) ----
+    def _model(self, params) -> Qwen2_5_VL:
+        cast = jax.tree.map(lambda x: x.astype(self.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                            params)
+        return nnx.merge(self.graphdef, cast)
+
+    def _logprobs(self, params, mb: MicroBatch):
+        return completion_logprobs(self._model(params), mb.prompt, mb.rope_deltas, mb.completions, mb.mask,
+                                   temperature=self.rl.temperature or 1.0, chunk_size=self.rl.logprob_chunk,
+                                   remat=self.remat, freeze_vision=self.freeze_vision)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def logprobs(self, params, mb: MicroBatch) -> jax.Array:
+        return self._logprobs(params, mb)[0]
+
+    def _loss(self, params, mb: MicroBatch, normalizer):
+        logprobs, entropy = self._logprobs(params, mb)
+        rl = self.rl
+        loss, metrics = policy_loss(
+            logprobs, mb.old_logprobs, mb.advantages, mb.mask, ref_logprobs=mb.ref_logprobs,
+            epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high, importance_level=rl.importance_level,
+            aggregation=rl.loss_aggregation, max_tokens=rl.max_completion_length, beta=rl.beta,
+            kl_estimator=rl.kl_estimator, loss_normalizer=normalizer)
+        m = mb.mask.astype(jnp.float32)
+        metrics["entropy"] = (entropy * m).sum() / jnp.maximum(m.sum(), 1.0)
+        return loss, metrics
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def grads(self, params, mb: MicroBatch, normalizer):
+        (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, mb, normalizer)
+        metrics["loss"] = loss
+        return grads, metrics
+
+    @functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
+    def apply(self, params, opt_state, grads):
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(grad_norm)
+        updates, new_opt = self.tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        # A non-finite gradient leaves parameters and optimizer state untouched.
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        return keep(new_params, params), keep(new_opt, opt_state), grad_norm, finite
+
+    # ---- host-side driver ----
+    def update(self, micro_batches: list[MicroBatch], normalizer) -> dict:
+        total, metrics_sum = None, {}
+        for mb in micro_batches:
+            g, m = self.grads(self.params, mb, normalizer)
+            total = g if total is None else jax.tree.map(jnp.add, total, g)
+            for k, v in m.items():
+                metrics_sum[k] = metrics_sum.get(k, 0.0) + float(v)
+        self.params, self.opt_state, grad_norm, finite = self.apply(self.params, self.opt_state, total)
+        if not bool(finite):
+            self.skipped_updates += 1
+        n = len(micro_batches)
+        out = {k: v / n for k, v in metrics_sum.items() if k not in ("loss", "num_tokens", "num_seqs")}
+        out["loss"] = metrics_sum.get("loss", 0.0)   # normalised over the whole rollout: the sum is the loss
+        out["grad_norm"] = float(grad_norm)
+        out["skipped_updates"] = self.skipped_updates
+        return out
+
+    def model(self, dtype=None) -> Qwen2_5_VL:
+        """The current policy as a module (parameters shared, cast when dtype is given)."""
+        if dtype is None:
+            return nnx.merge(self.graphdef, self.params)
+        return nnx.merge(self.graphdef, jax.tree.map(lambda x: x.astype(dtype), self.params))

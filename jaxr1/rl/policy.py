@@ -1,0 +1,48 @@
+"""Log-probs of sampled completions under the policy, from the same Flax graph the sampler uses.
+
+A rollout row is [prompt (left padded, Tp) | completion (right padded, Tc)]. The prompt part, including the
+vision tower, is embedded once per prompt and repeated for its G completions, so images are encoded once per
+prompt in training too (their gradient still flows, summed over the group). Positions continue M-RoPE after
+the prompt exactly as the sampler does: valid prompt length + n + the prompt's rope delta.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxr1.models.qwen2_5_vl import ModelInputs, Qwen2_5_VL
+from jaxr1.rl.logprobs import token_logprobs
+
+
+def completion_positions(prompt_mask: jax.Array, rope_deltas: jax.Array, num_completion: int) -> jax.Array:
+    """[3, B, Tc] M-RoPE ids of the completion tokens of each prompt."""
+    start = prompt_mask.sum(-1).astype(jnp.int32) + rope_deltas.astype(jnp.int32)
+    pos = start[:, None] + jnp.arange(num_completion, dtype=jnp.int32)
+    return jnp.broadcast_to(pos[None], (3, *pos.shape))
+
+
+def completion_logprobs(model: Qwen2_5_VL, prompt: ModelInputs, rope_deltas: jax.Array, completions: jax.Array,
+                        completion_mask: jax.Array, *, temperature: float = 1.0, chunk_size: int = 128,
+                        remat: bool = False, freeze_vision: bool = False) -> tuple[jax.Array, jax.Array]:
+    """prompt: B prompts; completions/mask [B*G, Tc]. Returns (logprobs, entropy), each [B*G, Tc] float32."""
+    b, tp = prompt.input_ids.shape
+    g = completions.shape[0] // b
+    lm = model.language_model
+    image_features = None
+    if prompt.vision is not None:
+        image_features = model.encode_images(prompt.vision, remat=remat)
+        if freeze_vision:
+            image_features = jax.lax.stop_gradient(image_features)
+    prompt_embeds = model.embed(prompt, image_features)
+    embeds = jnp.concatenate([jnp.repeat(prompt_embeds, g, axis=0), lm.embed_tokens(completions)], axis=1)
+    positions = jnp.concatenate([prompt.positions, completion_positions(prompt.attention_mask, rope_deltas,
+                                                                        completions.shape[1])], axis=-1)
+    positions = jnp.repeat(positions, g, axis=1)
+    kv_valid = jnp.concatenate([jnp.repeat(prompt.attention_mask, g, axis=0), completion_mask], axis=1)
+    hidden, _ = lm(embeds, positions, kv_valid, remat=remat)
+    # The hidden state at slot s predicts the token at slot s + 1.
+    hidden = hidden[:, tp - 1: tp - 1 + completions.shape[1]]
+    if lm.lm_head is None:
+        return token_logprobs(hidden, lm.embed[...], completions, chunk_size=chunk_size, temperature=temperature,
+                              transpose_w=True)
+    return token_logprobs(hidden, lm.lm_head[...], completions, chunk_size=chunk_size, temperature=temperature)
