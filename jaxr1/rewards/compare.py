@@ -120,15 +120,15 @@ def scalars_equal(g: Scalar, p: Scalar) -> bool:
 
 
 def _simple_lhs(e: Equation) -> bool:
-    """x = 3, f(x) = 3, Area = 12: a name whose value is the right side."""
-    return e.lhs is None or isinstance(e.lhs, sympy.Symbol) or (
-        bool(e.lhs.free_symbols) and not e.rhs.expr.free_symbols
-    )
+    """x = 3, f(x) = 3, Area = 12, 3 \\times 4 = 12: the right side is the answer."""
+    if e.lhs is None or isinstance(e.lhs, sympy.Symbol) or not e.lhs.free_symbols:
+        return True
+    return isinstance(e.rhs, Scalar) and not e.rhs.expr.free_symbols
 
 
 def _equations_equal(g: Equation, p: Equation) -> bool:
     if g.lhs is None or p.lhs is None or g.lhs == p.lhs:
-        return scalars_equal(g.rhs, p.rhs)  # same (or unreadable) name: compare the values
+        return nodes_equal(g.rhs, p.rhs)  # same (or a label's) name: compare the values
     # Same set of solutions up to a constant factor: y = 2x + 1 vs 2x - y + 1 = 0.
     d1, d2 = g.lhs - g.rhs.expr, p.lhs - p.rhs.expr
     if not (d1.free_symbols and d2.free_symbols) or d1.free_symbols != d2.free_symbols:
@@ -193,10 +193,10 @@ def nodes_equal(g: Node, p: Node) -> bool:
     g, p = _single(g), _single(p)
     if isinstance(g, Scalar) and isinstance(p, Scalar):
         return scalars_equal(g, p)
-    if isinstance(g, Scalar) and isinstance(p, Equation):
-        return _simple_lhs(p) and scalars_equal(g, p.rhs)
-    if isinstance(g, Equation) and isinstance(p, Scalar):
-        return _simple_lhs(g) and scalars_equal(g.rhs, p)
+    if isinstance(p, Equation) and not isinstance(g, Equation):
+        return _simple_lhs(p) and nodes_equal(g, p.rhs)
+    if isinstance(g, Equation) and not isinstance(p, Equation):
+        return _simple_lhs(g) and nodes_equal(g.rhs, p)
     if isinstance(g, Equation) and isinstance(p, Equation):
         return _equations_equal(g, p)
     if isinstance(g, Seq) and isinstance(p, Seq):

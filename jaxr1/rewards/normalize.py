@@ -36,6 +36,25 @@ _TEXT_RE = re.compile(
 )
 _DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree(?![a-zA-Z])|\^\s*\{\s*°\s*\}|\^°")
 
+_BOLD_RE = re.compile(r"(?<![\w)}])\*\*([^*]{1,200})\*\*(?![\w({])")
+_MIXED_RE = re.compile(r"^([-+]?)\s*(\d+)\s+(\d+)\s*/\s*(\d+)$")
+
+# "There are 8 apples." states 8; the lead-in is not part of the answer.
+_LEAD_IN_RE = re.compile(
+    r"^(?:there\s+(?:are|is|were|was)|it\s+is|it's|we\s+get|we\s+have|the\s+result\s+is)\s+(?=\S)",
+    re.IGNORECASE,
+)
+_REPEATING_RE = re.compile(r"(\d*)\.(\d*)\\overline\s*\{(\d{1,20})\}")
+
+
+def _repeating(m: re.Match) -> str:
+    """0.1\\overline{6} -> (1/6): a repeating decimal as an exact fraction."""
+    whole, fixed, rep = m.group(1) or "0", m.group(2), m.group(3)
+    num = int(whole + fixed + rep) - int(whole + fixed)
+    den = (10 ** len(rep) - 1) * 10 ** len(fixed)
+    return f"({num}/{den})"
+
+
 _UNIT_WORDS = (
     "mm|cm|dm|m|km|nm|um|in|inch|inches|ft|feet|foot|yd|yard|yards|mi|mile|miles|"
     "meter|meters|metre|metres|centimeter|centimeters|millimeter|millimeters|kilometer|kilometers|"
@@ -74,13 +93,16 @@ def _replace_text(match: re.Match) -> str:
 def clean_latex(s: str) -> str:
     """Typesetting removed; the result keeps only what changes the value."""
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
+    s = _BOLD_RE.sub(r"\1", s)  # markdown **B**, before ** becomes a power
+    s = _REPEATING_RE.sub(_repeating, s)  # before \overline is unwrapped as a font
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("\\(", "").replace("\\)", "").replace("\\[", "").replace("\\]", "")
+    s = s.replace("\\mathbb{R}", "(-\\infty, \\infty)").replace("\\approx", "=")
     s = s.replace("{,}", "").replace("\\%", "%").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = s.replace("\\cfrac", "\\frac").replace("**", "^").replace("\\lvert", "|").replace("\\rvert", "|")
     s = s.replace("\\vert", "|").replace("\\mid", "|").replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
     s = s.replace("\\leqslant", "\\le").replace("\\geqslant", "\\ge").replace("\\neq", "\\ne")
-    s = s.replace("\\leq", "\\le").replace("\\geq", "\\ge")
+    s = s.replace("\\leq", "\\le").replace("\\geq", "\\ge").replace("\\langle", "(").replace("\\rangle", ")")
     s = _DEGREE_RE.sub("°", s)
     s = _NOISE_RE.sub(" ", s)
     for _ in range(3):  # nested fonts like \textbf{\text{B}}; bounded, each pass is linear
@@ -126,16 +148,18 @@ def normalize_answer(s: str) -> str:
     s = clean_latex(s)
     s = s.strip()
     s = re.sub(r"^(?:final\s+answer|answer)\s*[:=]\s*", "", s, flags=re.IGNORECASE)
+    s = _LEAD_IN_RE.sub("", s)
     s = s.rstrip(". ").strip()
     s = strip_units(s)
     s = fix_thousands(s)
+    s = _MIXED_RE.sub(r"\1(\2+\3/\4)", s)  # plain-text mixed number "2 1/2"
     low = s.lower()
     if low in NUMBER_WORDS and low != "no":
         s = str(NUMBER_WORDS[low])
     return s
 
 
-_PUNCT_RE = re.compile(r"[\s.,;:!?\"'`*_(){}\[\]\\]+")
+_PUNCT_RE = re.compile(r"[\s.,;:!?\"'`*_(){}\[\]\\/-]+")
 _ARTICLES_RE = re.compile(r"\b(?:a|an|the)\b")
 
 

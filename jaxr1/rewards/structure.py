@@ -27,8 +27,8 @@ class Scalar:
 
 @dataclass(frozen=True)
 class Equation:
-    lhs: sympy.Expr | None  # None: a label we could not parse ("Area = 12")
-    rhs: Scalar
+    lhs: sympy.Expr | None  # None: a label ("Area = 12", "f(x) = ...", "(a, b) = ...")
+    rhs: "Node"  # a Scalar, except after a label: (a, b) = (2, 3)
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ _OPEN = {"(": ")", "[": "]", "\\{": "\\}", "{": "}"}
 _SEPARATORS = re.compile(r"\s*(?:,|;|\bor\b|\band\b)\s*")
 _REL_RE = re.compile(r"\\le(?![a-zA-Z])|\\ge(?![a-zA-Z])|\\lt(?![a-zA-Z])|\\gt(?![a-zA-Z])|<=|>=|<|>")
 _REL_NAMES = {"\\le": "<=", "\\ge": ">=", "\\lt": "<", "\\gt": ">", "<=": "<=", ">=": ">=", "<": "<", ">": ">"}
+_LABEL_RE = re.compile(r"[a-zA-Z]\w*\s*\(\s*[a-zA-Z]\s*\)")  # f(x)
+_TRIG_RE = re.compile(r"(?:sin|cos|tan|cot|sec|csc)")
 _DECIMAL_RE = re.compile(r"[-+]?(\d*)\.(\d+)")
 
 
@@ -159,9 +161,14 @@ def _item(s: str) -> Node:
             return Seq(kind, nodes, brackets)
     sides = split_top(s, re.compile(r"(?<![<>!\\])=(?!=)"))
     if len(sides) > 1:
+        lhs_text = sides[0].strip()
+        w = _wrapped(lhs_text)
+        is_tuple = w is not None and len(split_top(w[1], re.compile(","))) > 1
+        if _LABEL_RE.fullmatch(lhs_text) or is_tuple:
+            return Equation(None, _item(sides[-1]))  # f(x) = ..., (a, b) = (2, 3)
         rhs = _scalar(sides[-1])
         try:
-            lhs = parse_expr(sides[0])
+            lhs = parse_expr(lhs_text)
         except (ParseError, ValueError):
             lhs = None
         return Equation(lhs, rhs)
@@ -215,7 +222,7 @@ def _scalar(s: str) -> Scalar:
     percent = degree = False
     if s.endswith("%"):
         percent, s = True, s[:-1].strip()
-    elif s.endswith("°"):
+    elif s.endswith("°") and not _TRIG_RE.search(s):  # in \cos 60° the degree is the argument's
         degree, s = True, s[:-1].strip()
     decimal = None
     m = _DECIMAL_RE.fullmatch(s)

@@ -33,7 +33,8 @@ class Outcome:
 
 
 def _squash(s: str) -> str:
-    return re.sub(r"\s+", "", s).lower()
+    # Spaces go, except between digits: "4 2" is not 42.
+    return re.sub(r"(?<!\d)\s+|\s+(?!\d)", "", s).lower()
 
 
 def _parse(s: str):
