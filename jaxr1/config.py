@@ -12,6 +12,8 @@ import types
 import typing
 from typing import Any
 
+from jaxr1.data.config import DataConfig
+
 import yaml
 
 
@@ -26,21 +28,14 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
-class DataConfig:
-    train: str = "synthetic:clevr_count"   # jsonl/json/parquet/datasets dir/hub name, or synthetic:<task>
-    eval: str | None = None                # held-out split; synthetic tasks make their own
-    schema: str = "auto"                   # auto | r1v | swift | lmmr1
-    system_prompt: str | None = "r1"       # "r1" = the R1 <think>/<answer> instruction; None = none
-    question_template: str = "{question}"
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    max_prompt_length: int = 512
-    prompt_bucket: int = 64               # prompts are left-padded to a multiple of this
-    batch_size: int = 4                   # prompts per step (each gets rl.num_generations samples)
-    seed: int = 0
-    num_synthetic: int = 2048             # rows for synthetic:<task> train sets
-    num_eval: int = 256                   # held-out rows for synthetic eval sets
-    max_objects: int = 6                  # synthetic counting scenes: 1..max_objects shapes
+class EvalConfig:
+    path: str | None = None               # held-out data; None with synthetic training data = a disjoint synthetic set
+    num_rows: int = 256
+    batch_size: int = 32
+    max_new_tokens: int = 64
+    num_samples: int = 1                  # pass@k with k = num_samples (greedy when temperature = 0)
+    temperature: float = 0.0
+    every: int = 0                        # during training, every N steps (0 = before and after only)
 
 
 @dataclasses.dataclass
@@ -101,7 +96,8 @@ class SFTConfig:
 @dataclasses.dataclass
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(path="synthetic:counting"))
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     rl: RLConfig = dataclasses.field(default_factory=RLConfig)
     rewards: RewardsConfig = dataclasses.field(default_factory=RewardsConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -113,9 +109,6 @@ class Config:
     sample_every: int = 10                # write samples.jsonl rows every N steps
     save_every: int = 0                   # orbax checkpoint every N steps (0 = only at the end)
     keep_checkpoints: int = 2
-    eval_every: int = 0                   # held-out evaluation every N steps (0 = before and after only)
-    eval_before: bool = True
-    eval_after: bool = True
     export_hf: bool = True
 
 
@@ -143,7 +136,10 @@ def _build(cls, data: Any, where: str):
         if key not in fields:
             raise ConfigError(f"unknown config key {path!r}{_closest(key, fields)}")
         kwargs[key] = _coerce(hints[key], value, path)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def _coerce(hint, value, path):
@@ -155,6 +151,8 @@ def _coerce(hint, value, path):
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         return [_build(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, list) and any(typing.get_origin(a) is tuple for a in args):
+        return tuple(value)
     if value is None:
         if type(None) in args or hint is Any:
             return None

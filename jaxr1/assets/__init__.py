@@ -6,3 +6,7 @@ TINY_MODEL_DIR = os.path.join(os.path.dirname(__file__), "tiny_qwen2_5_vl")
 
 def tiny_model_dir() -> str:
     return TINY_MODEL_DIR
+
+# The same model after a short SFT warm start on synthetic counting (scripts/make_tiny_sft.py): it knows the
+# <think>/<answer> format and counts only partly right; the embedded default trains it further with GRPO.
+TINY_SFT_MODEL_DIR = os.path.join(os.path.dirname(__file__), "tiny_qwen2_5_vl_sft")

@@ -1,0 +1,49 @@
+"""Host-side rollout plumbing: split a PromptBatch into prompt micro-batches with static-shape model inputs,
+and turn sampler output into per-micro-batch arrays for the learner."""
+from __future__ import annotations
+
+import numpy as np
+
+from jaxr1.models.qwen2_5_vl import ModelConfig, prepare_inputs
+from jaxr1.models.qwen2_5_vl.vision_index import next_bucket
+
+
+def split_prompts(batch, num_chunks: int) -> list[dict]:
+    """Split a PromptBatch's rows into `num_chunks` equal groups, carrying each group's images."""
+    b = batch.input_ids.shape[0]
+    if b % num_chunks:
+        raise ValueError(f"{b} prompts do not split into {num_chunks} micro-batches")
+    per = b // num_chunks
+    counts = np.asarray(batch.image_counts)
+    grids = batch.image_grid_thw
+    patches_per_image = grids.prod(-1) if grids is not None else np.zeros(0, np.int64)
+    image_start = np.concatenate([[0], np.cumsum(counts)])
+    patch_start = np.concatenate([[0], np.cumsum(patches_per_image)])
+    out = []
+    for c in range(num_chunks):
+        lo, hi = c * per, (c + 1) * per
+        i0, i1 = image_start[lo], image_start[hi]
+        has = i1 > i0
+        out.append(dict(input_ids=batch.input_ids[lo:hi], attention_mask=batch.attention_mask[lo:hi],
+                        pixel_values=batch.pixel_values[patch_start[i0]:patch_start[i1]] if has else None,
+                        image_grid_thw=grids[i0:i1] if has else None))
+    return out
+
+
+def model_inputs(cfg: ModelConfig, chunk: dict, *, patches_per_slot: int | None = None):
+    """Static-shape inputs: image slots bucketed to a power of two, patches to the configured bucket."""
+    grids = chunk["image_grid_thw"]
+    n_images = 0 if grids is None else len(grids)
+    slots = next_bucket(max(n_images, 1), 1)
+    if grids is not None and patches_per_slot is not None and grids.prod(-1).max() > patches_per_slot:
+        patches_per_slot = None  # an image above the configured bound gets its own bucket
+    return prepare_inputs(cfg, chunk["input_ids"], chunk["attention_mask"], chunk["pixel_values"], grids,
+                          num_image_slots=slots if n_images else None, patches_per_slot=patches_per_slot)
+
+
+def max_patches(image_processor) -> int | None:
+    """Patches of the largest image the processor can emit (max_pixels / patch_size^2), rounded to a bucket."""
+    max_pixels = getattr(image_processor, "max_pixels", None) or (getattr(image_processor, "size", None) or {}).get(
+        "longest_edge")
+    patch = getattr(image_processor, "patch_size", 14)
+    return next_bucket(int(max_pixels) // (patch * patch), 64) if max_pixels else None

@@ -1,0 +1,285 @@
+"""python -m jaxr1.train [--config FILE.yaml] [key.sub=value ...]
+
+GRPO (and family) on Qwen2.5-VL, top to bottom: set up, model, data, rewards, evaluate, train loop, save.
+With no arguments it runs the embedded default: the embedded tiny checkpoint (SFT-warm-started) on synthetic
+counting scenes, printing held-out accuracy before and after RL.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+log = logging.getLogger("jaxr1.train")
+
+
+# ----------------------------------------------------------------------------------------------- set up
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m jaxr1.train", description=__doc__.splitlines()[2])
+    ap.add_argument("--config", default=None, help="YAML file (default: the embedded default)")
+    ap.add_argument("--dry_run", action="store_true", help="build and compile, report memory, do not train")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rl.num_generations=8 optim.lr=1e-6")
+    return ap.parse_args(argv)
+
+
+def resolve_model_dir(path: str) -> str:
+    from jaxr1.assets import TINY_MODEL_DIR, TINY_SFT_MODEL_DIR
+    if path == "tiny":
+        return TINY_SFT_MODEL_DIR if os.path.isdir(TINY_SFT_MODEL_DIR) else TINY_MODEL_DIR
+    if path == "tiny-random":
+        return TINY_MODEL_DIR
+    return path
+
+
+def load_policy(model_cfg):
+    """(model, tokenizer, image processor, directory) from an HF directory or a jaxr1 checkpoint."""
+    from jaxr1.checkpointing import is_model_checkpoint, load_model
+    from jaxr1.data import load_processors
+    from jaxr1.models import qwen2_5_vl
+    model_dir = resolve_model_dir(model_cfg.path)
+    if is_model_checkpoint(model_dir):
+        model = load_model(model_dir, dtype=model_cfg.param_dtype)
+    else:
+        model = qwen2_5_vl.load_hf(model_dir, dtype=model_cfg.param_dtype)
+    tokenizer, image_processor = load_processors(model_dir)
+    return model, tokenizer, image_processor, model_dir
+
+
+def eval_data_path(cfg) -> str | None:
+    """The held-out split; for synthetic training data, scenes from a different seed (never seen in training)."""
+    if cfg.eval.path:
+        return cfg.eval.path
+    train = cfg.data.paths[0] if cfg.data.paths else ""
+    if train.startswith("synthetic:"):
+        kind = train.split(":")[1]
+        return f"synthetic:{kind}:{cfg.eval.num_rows}:{cfg.data.seed + 1_000_003}"
+    return None
+
+
+def build_eval_batches(cfg, path: str, tokenizer, image_processor) -> list:
+    from jaxr1.data import build_dataset
+    dcfg = dataclasses.replace(cfg.data, path=path, shuffle=False, num_epochs=1, batch_size=cfg.eval.batch_size)
+    batches, rows = [], 0
+    for batch in build_dataset(dcfg, tokenizer, image_processor):
+        batches.append(batch)
+        rows += int(batch.valid.sum())
+        if rows >= cfg.eval.num_rows:
+            break
+    return batches
+
+
+class RunLog:
+    """metrics.jsonl + TensorBoard (same scalars) + samples.jsonl, written by process 0 only."""
+
+    def __init__(self, run_dir: str, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(run_dir)
+        self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        self.samples = open(os.path.join(run_dir, "samples.jsonl"), "a")
+
+    def scalars(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        values = {k: float(v) for k, v in values.items() if np.isscalar(v) or np.ndim(v) == 0}
+        self.metrics.write(json.dumps({"step": step, **values}) + "\n")
+        self.metrics.flush()
+        for k, v in values.items():
+            self.tb.add_scalar(k, v, step)
+
+    def sample_rows(self, step: int, rows: list[dict]) -> None:
+        if self.enabled:
+            for r in rows:
+                self.samples.write(json.dumps({"step": step, **r}, default=str) + "\n")
+            self.samples.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+            self.metrics.close()
+            self.samples.close()
+
+
+# ----------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import jax
+    import yaml
+
+    from jaxr1.config import ConfigError, load_config, to_dict
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    is_main = jax.process_index() == 0
+    run_dir = os.path.abspath(cfg.output_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    t_start = time.time()
+
+    # --- model
+    from jaxr1.eval import decode_completions, eos_ids, evaluate
+    from jaxr1.rl.learner import Learner, MicroBatch
+    model, tokenizer, image_processor, model_dir = load_policy(cfg.model)
+    log.info("model %s (%s params)", model_dir, f"{sum(x.size for x in jax.tree.leaves(model)):,}")
+    learner = Learner(model, cfg.rl, cfg.optim, cfg.steps, compute_dtype=cfg.model.compute_dtype,
+                      remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision)
+    del model
+    ref_params = learner.params if cfg.rl.beta > 0 else None   # frozen initial weights; never built when beta=0
+    eos = eos_ids(tokenizer)
+
+    # --- data
+    from jaxr1.data import build_dataset
+    from jaxr1.rl.rollout import max_patches, model_inputs, split_prompts
+    dataset = build_dataset(cfg.data, tokenizer, image_processor, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+    data_iter = iter(dataset)
+    patches_per_slot = max_patches(image_processor)
+    eval_path = eval_data_path(cfg)
+    eval_batches = build_eval_batches(cfg, eval_path, tokenizer, image_processor) if eval_path else []
+
+    # --- rewards
+    from jaxr1.rewards import RewardScorer
+    scorer = RewardScorer([(r.name, r.weight, r.kwargs) for r in cfg.rewards.functions],
+                          num_workers=cfg.rewards.num_workers, timeout_s=cfg.rewards.timeout_s)
+    names = [r.name for r in cfg.rewards.functions]
+    runlog = RunLog(run_dir, is_main)
+
+    def run_eval(tag: str) -> dict:
+        if not eval_batches:
+            return {}
+        t = time.time()
+        m = evaluate(learner.model(cfg.model.compute_dtype), eval_batches, tokenizer, eos_token_ids=eos,
+                     max_new_tokens=cfg.eval.max_new_tokens, num_samples=cfg.eval.num_samples,
+                     temperature=cfg.eval.temperature, scorer=scorer,
+                     out_path=os.path.join(run_dir, f"eval_{tag}.jsonl") if is_main else None)
+        log.info("eval %s: accuracy %.3f on %d held-out rows (%.0fs)", tag, m["accuracy"], m["num_rows"],
+                 time.time() - t)
+        return m
+
+    before = run_eval("before")
+
+    # --- train loop
+    from tqdm import tqdm
+
+    from jaxr1.rl.advantages import compute_advantages
+    from jaxr1.rl.losses import compute_loss_normalizer
+    from jaxr1.sampling import generate
+    G, Tc = cfg.rl.num_generations, cfg.rl.max_completion_length
+    n_mb = cfg.data.batch_size // cfg.rl.micro_batch_prompts if cfg.rl.micro_batch_prompts else 1
+    bar = tqdm(range(1, cfg.steps + 1), desc="grpo", disable=not is_main, dynamic_ncols=True)
+    for step in bar:
+        t0 = time.time()
+        batch = next(data_iter)
+        policy = learner.model(cfg.model.compute_dtype)
+        gen = generate(policy, batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw,
+                       max_new_tokens=Tc, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p, top_k=cfg.rl.top_k,
+                       num_samples=G, eos_token_ids=eos, seed=cfg.seed * 1_000_003 + step)
+        tokens, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
+        sampler_logprobs = np.asarray(gen.logprobs)
+        t_sample = time.time() - t0
+
+        # Rewards run in worker processes while the device recomputes old/reference log-probs.
+        t1 = time.time()
+        texts = decode_completions(tokenizer, tokens, lengths)
+        examples = [ex for ex in batch.examples for _ in range(G)]
+        future = scorer.submit(texts, examples, completion_lengths=lengths, max_completion_length=Tc)
+        valid_rows = np.repeat(batch.valid, G)
+        mask = ((np.arange(Tc)[None] < lengths[:, None]) & valid_rows[:, None]).astype(np.int32)
+        chunks = split_prompts(batch, n_mb)
+        mbs = []
+        per = cfg.data.batch_size // n_mb * G
+        for c, chunk in enumerate(chunks):
+            inputs, deltas = model_inputs(policy.config, chunk, patches_per_slot=patches_per_slot)
+            rows = slice(c * per, (c + 1) * per)
+            mb = MicroBatch(inputs, deltas, tokens[rows], mask[rows], np.zeros(per, np.float32))
+            mb.old_logprobs = learner.logprobs(learner.params, mb)
+            if ref_params is not None:
+                mb.ref_logprobs = learner.logprobs(ref_params, mb)
+            mbs.append(mb)
+        rewards = future.result()
+        t_reward = time.time() - t1
+
+        t2 = time.time()
+        total = np.where(valid_rows, rewards.total, 0.0).astype(np.float32)
+        kw = {"scale_rewards": cfg.rl.scale_rewards} if cfg.rl.algorithm == "grpo" else {}
+        adv, adv_stats = compute_advantages(cfg.rl.algorithm, total, G, **kw)
+        adv = np.asarray(adv)
+        for c, mb in enumerate(mbs):
+            mb.advantages = adv[c * per:(c + 1) * per]
+        normalizer = compute_loss_normalizer(mask, cfg.rl.loss_aggregation)
+        for _ in range(cfg.rl.num_iterations):
+            train_metrics = learner.update(mbs, normalizer)
+        t_train = time.time() - t2
+
+        # --- metrics
+        old = np.concatenate([np.asarray(mb.old_logprobs) for mb in mbs])
+        gap = np.abs(old - sampler_logprobs)[mask > 0]
+        v = valid_rows
+        metrics = {f"reward/{k}": float(np.mean(rewards.per_function[k][v])) for k in names}
+        metrics.update({
+            "reward/total_mean": float(total[v].mean()), "reward/total_std": float(total[v].std()),
+            "completion/length_mean": float(lengths[v].mean()), "completion/length_max": float(lengths[v].max()),
+            "completion/truncated_frac": float(np.mean(np.asarray(gen.stop_reason)[v] != 1))
+            if hasattr(gen, "stop_reason") else 0.0,
+            "rl/zero_std_frac": float(adv_stats.get("zero_std_frac", 0.0)),
+            "rl/sampler_trainer_logprob_gap": float(gap.mean()) if gap.size else 0.0,
+            "rl/sampler_trainer_logprob_gap_max": float(gap.max()) if gap.size else 0.0,
+            "optim/lr": float(learner.schedule(step - 1)),
+            "time/sample_s": t_sample, "time/reward_s": t_reward, "time/train_s": t_train,
+            "time/step_s": time.time() - t0,
+            "throughput/tokens_per_s": float(lengths[v].sum()) / max(t_sample, 1e-9),
+            **{f"reward_stats/{k}": float(x) for k, x in rewards.stats.items() if np.isscalar(x)},
+            **{f"train/{k}": float(x) for k, x in train_metrics.items()},
+            **data_iter.metrics(),
+        })
+        if "accuracy" in rewards.per_function:
+            metrics["accuracy"] = metrics["reward/accuracy"]
+        if "format" in rewards.per_function:
+            metrics["format_rate"] = metrics["reward/format"]
+        if step % cfg.log_every == 0:
+            runlog.scalars(step, metrics)
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            runlog.sample_rows(step, [
+                {"prompt": tokenizer.decode(batch.input_ids[i // G][batch.attention_mask[i // G] > 0]),
+                 "images": batch.examples[i // G].get("source"), "row": batch.examples[i // G].get("row"),
+                 "answer": batch.examples[i // G].get("answer"), "completion": texts[i],
+                 **{k: float(rewards.per_function[k][i]) for k in names}} for i in range(0, len(texts), G)])
+        bar.set_postfix(reward=f"{metrics['reward/total_mean']:.3f}", acc=f"{metrics.get('accuracy', 0):.2f}",
+                        len=f"{metrics['completion/length_mean']:.0f}")
+        if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.steps:
+            runlog.scalars(step, {f"eval/{k}": x for k, x in run_eval(f"step{step}").items()})
+
+    # --- evaluate, save, export
+    after = run_eval("after")
+    if after:
+        runlog.scalars(cfg.steps, {f"eval/{k}": x for k, x in after.items()})
+    scorer.close()
+    runlog.close()
+    if is_main:
+        from jaxr1.checkpointing import save_model
+        from jaxr1.models.qwen2_5_vl import save_hf
+        final = learner.model()
+        save_model(final, os.path.join(run_dir, "checkpoint"), source_dir=model_dir)
+        if cfg.export_hf:
+            save_hf(final, os.path.join(run_dir, "hf"), source_dir=model_dir)
+    print(f"run directory: {run_dir} ({time.time() - t_start:.0f}s)")
+    if before and after:
+        print(f"held-out accuracy: before {before['accuracy']:.2f} after {after['accuracy']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
