@@ -88,9 +88,11 @@ class OptimConfig:
 
 @dataclasses.dataclass
 class SFTConfig:
-    steps: int = 0                        # > 0: supervised warm start before RL (python -m jaxr1.sft)
+    steps: int = 200                      # python -m jaxr1.sft: supervised warm start on the same data
     lr: float = 1e-3
     batch_size: int = 16
+    target_template: str = "<think>I count the objects in the image.</think><answer>{answer}</answer>"
+    max_target_length: int = 32
 
 
 @dataclasses.dataclass
