@@ -29,7 +29,8 @@ class PromptDataset:
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         self.cfg = cfg
-        self.source = open_sources(cfg.paths, cfg.format, cfg.split, cfg.image_root)
+        synthetic = dict(n=cfg.num_synthetic, seed=cfg.seed, start=cfg.synthetic_start, max_objects=cfg.max_objects)
+        self.source = open_sources(cfg.paths, cfg.format, cfg.split, cfg.image_root, synthetic)
         self.preprocess = Preprocessor(
             tokenizer, image_processor, schema=cfg.schema, system_prompt=cfg.system_prompt,
             question_template=cfg.question_template, append_choices=cfg.append_choices, task=cfg.task,
@@ -138,9 +139,20 @@ def check_usable(source: ConcatSource, preprocess: Preprocessor) -> None:
             raise DataError(f"{src.name}: none of its {len(src)} rows is usable ({dict(reasons)}); first: {first}")
 
 
-def build_dataset(cfg: DataConfig, tokenizer: Any = None, image_processor: Any = None, *,
-                  model_dir: str | None = None, process_index: int = 0, process_count: int = 1) -> PromptDataset:
-    """The trainer's entry point; pass jax.process_index() / jax.process_count() on multi-host runs."""
+def build_dataset(cfg: Any, tokenizer: Any = None, image_processor: Any = None, *, model_dir: str | None = None,
+                  process_index: int = 0, process_count: int = 1, split: str = "train") -> PromptDataset | None:
+    """The trainer's entry point; pass jax.process_index() / jax.process_count() on multi-host runs.
+
+    cfg: a data DataConfig or the run config's data section. split="eval" gives the held-out set
+    (one ordered pass), or None when there is none.
+    """
+    cfg = DataConfig.from_run_config(cfg)
+    if split == "eval":
+        cfg = cfg.for_eval()
+        if cfg is None:
+            return None
+    elif split != "train":
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     if tokenizer is None or image_processor is None:
         if model_dir is None:
             raise ValueError("build_dataset needs a tokenizer and image processor, or model_dir to load them")

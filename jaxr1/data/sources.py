@@ -142,12 +142,20 @@ class ConcatSource:
             return RawRow(None, src.name, row, src.base_dir, str(e))
 
 
-def open_sources(paths: Sequence[str], fmt: str = "auto", split: str = "train",
-                 image_root: str | None = None) -> ConcatSource:
-    """Resolve files / globs / directories / hub names into one ConcatSource."""
+def open_sources(paths: Sequence[str], fmt: str = "auto", split: str = "train", image_root: str | None = None,
+                 synthetic: dict | None = None) -> ConcatSource:
+    """Resolve files / globs / directories / hub names / synthetic:<kind> into one ConcatSource.
+
+    `synthetic` holds SyntheticSource.from_path defaults (n, seed, start, max_objects).
+    """
     sources: list[RowSource] = []
     for path in paths:
-        sources.extend(_open_one(path, fmt, split, image_root))
+        if path.startswith("synthetic:"):
+            from jaxr1.data.synthetic import SyntheticSource
+
+            sources.append(SyntheticSource.from_path(path, **(synthetic or {})))
+        else:
+            sources.extend(_open_one(path, fmt, split, image_root))
     empty = [s.name for s in sources if len(s) == 0]
     if empty:
         raise DataError(f"no rows in {', '.join(empty)}")
@@ -157,10 +165,6 @@ def open_sources(paths: Sequence[str], fmt: str = "auto", split: str = "train",
 
 
 def _open_one(path: str, fmt: str, split: str, image_root: str | None) -> list[RowSource]:
-    if path.startswith("synthetic:"):
-        from jaxr1.data.synthetic import SyntheticSource
-
-        return [SyntheticSource.from_path(path)]
     path = os.path.expanduser(path)
     if fmt == "hub":
         return [_hub(path, split)]

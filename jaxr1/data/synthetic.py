@@ -21,6 +21,8 @@ SIZES = {"small": 12, "large": 20}   # bounding-circle radius at a 224-pixel can
 BACKGROUND = (240, 240, 240)
 COUNT_QUESTION = "How many objects are there?"
 KINDS = ("counting", "grounding")
+_ALIASES = {"count": "counting", "clevr_count": "counting", "clevr_counting": "counting",
+            "rec": "grounding", "clevr_grounding": "grounding"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,26 +100,31 @@ def iter_synthetic(n: int, seed: int = 0, kind: str = "counting", **scene_kw) ->
 
 
 class SyntheticSource:
-    """A RowSource drawing scene i on access (data.path = "synthetic:<kind>:<n>[:<seed>]")."""
+    """A RowSource drawing scene start+i on access (data.path = "synthetic:<kind>[:<n>[:<seed>]]")."""
 
-    def __init__(self, n: int, seed: int = 0, kind: str = "counting"):
+    def __init__(self, n: int, seed: int = 0, kind: str = "counting", start: int = 0, max_objects: int = 6):
+        kind = _ALIASES.get(kind, kind)
         if kind not in KINDS or n < 1:
             raise ValueError(f"synthetic source needs kind in {KINDS} and n >= 1, got {kind!r}, {n}")
-        self.n, self.seed, self.kind = n, seed, kind
-        self.name, self.base_dir = f"synthetic:{kind}:{n}:{seed}", None
+        self.n, self.seed, self.kind, self.start, self.max_objects = n, seed, kind, start, max_objects
+        self.name, self.base_dir = f"synthetic:{kind}:{n}:{seed}@{start}", None
 
     @classmethod
-    def from_path(cls, path: str) -> "SyntheticSource":
+    def from_path(cls, path: str, n: int = 2048, seed: int = 0, start: int = 0,
+                  max_objects: int = 6) -> "SyntheticSource":
+        """Counts and seed written in the path win over the arguments (the config's defaults)."""
         parts = path.split(":")
-        if len(parts) not in (3, 4):
-            raise ValueError(f"synthetic path must be synthetic:<kind>:<n>[:<seed>], got {path!r}")
-        return cls(int(parts[2]), int(parts[3]) if len(parts) == 4 else 0, parts[1])
+        if not 2 <= len(parts) <= 4:
+            raise ValueError(f"synthetic path must be synthetic:<kind>[:<n>[:<seed>]], got {path!r}")
+        n = int(parts[2]) if len(parts) > 2 else n
+        seed = int(parts[3]) if len(parts) > 3 else seed
+        return cls(n, seed, parts[1], start, max_objects)
 
     def __len__(self) -> int:
         return self.n
 
     def get(self, index: int) -> dict:
-        return synthetic_row(self.seed, index, self.kind)
+        return synthetic_row(self.seed, self.start + index, self.kind, max_objects=self.max_objects)
 
 
 def write_synthetic_dataset(out_dir: str, n: int, seed: int = 0, kind: str = "counting",
