@@ -1,0 +1,47 @@
+"""`generate`: the host-side entry point (tokenizer / image-processor arrays in, sampled rows out)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+from flax import nnx
+
+from jaxr1.models.qwen2_5_vl.model import Qwen2_5_VL
+from jaxr1.sampling.buckets import bucket_gen_length, prepare_prompts
+from jaxr1.sampling.functions import SamplingMode
+from jaxr1.sampling.sampler import DecodeSpec, SampleOutput, sample
+
+
+def make_spec(cfg, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+              num_samples: int = 1, eos_token_ids: Sequence[int] | int | None = None,
+              pad_token_id: int | None = None, nucleus_candidates: int = 256) -> DecodeSpec:
+    """The static decode configuration for these sampling settings (eos / pad default to the model config)."""
+    if max_new_tokens < 1 or num_samples < 1:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) and num_samples ({num_samples}) must be >= 1")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}")
+    if eos_token_ids is None:
+        eos_token_ids = cfg.eos_token_id
+    eos = tuple(int(e) for e in ([] if eos_token_ids is None else
+                                 [eos_token_ids] if isinstance(eos_token_ids, int) else eos_token_ids))
+    pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
+    greedy = temperature == 0
+    mode = SamplingMode(greedy=greedy, top_k=0 if greedy else int(top_k), use_top_p=not greedy and top_p < 1.0,
+                        nucleus_candidates=nucleus_candidates)
+    return DecodeSpec(mode, int(num_samples), bucket_gen_length(max_new_tokens), eos, int(pad))
+
+
+def generate(model: Qwen2_5_VL, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
+             max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+             num_samples: int = 1, eos_token_ids: Sequence[int] | int | None = None, seed: int = 0,
+             pad_token_id: int | None = None) -> SampleOutput:
+    """Sample `num_samples` continuations per prompt; temperature=0 means greedy. Rows i*n .. i*n+n-1 are
+    prompt i's. eos_token_ids / pad_token_id default to the model config's (pad falls back to 0)."""
+    cfg = model.config
+    spec = make_spec(cfg, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                     num_samples=num_samples, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id)
+    batch = prepare_prompts(cfg, input_ids, attention_mask, pixel_values, image_grid_thw,
+                            pad_token_id=spec.pad_token_id)
+    graphdef, params = nnx.split(model)
+    return sample(graphdef, params, batch, jax.random.key(seed), max_new_tokens=max_new_tokens,
+                  temperature=max(temperature, 1e-6), top_p=top_p, spec=spec)
