@@ -29,7 +29,8 @@ class PromptDataset:
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         self.cfg = cfg
-        synthetic = dict(n=cfg.num_synthetic, seed=cfg.seed, start=cfg.synthetic_start, max_objects=cfg.max_objects)
+        synthetic = dict(n=cfg.num_synthetic, seed=cfg.seed, start=cfg.synthetic_start,
+                         max_objects=cfg.max_objects)
         self.source = open_sources(cfg.paths, cfg.format, cfg.split, cfg.image_root, synthetic)
         self.preprocess = Preprocessor(
             tokenizer, image_processor, schema=cfg.schema, system_prompt=cfg.system_prompt,
@@ -60,6 +61,7 @@ class PromptIterator(Iterator[PromptBatch]):
         it_ds = dataset._ds.to_iter_dataset(
             grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch))
         if cfg.worker_count > 0:
+            _absl_flags_parsed()
             it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
         self._it = iter(it_ds)
         self.bad_rows: collections.Counter[str] = collections.Counter()
@@ -95,6 +97,12 @@ class PromptIterator(Iterator[PromptBatch]):
         self.rows_read = int(state.get("rows_read", 0))
         self.bad_rows = collections.Counter({k: int(v) for k, v in state.get("bad_rows", {}).items()})
         self._bad_streak = 0
+
+    def close(self) -> None:
+        """Stops grain's prefetch threads / worker processes (also done when the iterator is collected)."""
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
 
     @property
     def epoch(self) -> float:
@@ -160,6 +168,14 @@ def build_dataset(cfg: Any, tokenizer: Any = None, image_processor: Any = None, 
         tokenizer, image_processor = tokenizer or tok, image_processor or ip
     return PromptDataset(cfg, tokenizer, image_processor, process_index=process_index,
                          process_count=process_count)
+
+
+def _absl_flags_parsed() -> None:
+    # grain's worker processes read absl flags; without absl.app (our CLIs use argparse) they are unparsed.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def _pad_id(tokenizer: Any) -> int:

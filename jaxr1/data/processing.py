@@ -80,7 +80,8 @@ class Preprocessor:
         self.min_pixels, self.max_pixels = min_pixels or lo, max_pixels or hi
         # Only pass `size` when overriding, so the processor's own config stays the single source otherwise.
         overridden = min_pixels is not None or max_pixels is not None
-        self._size_kw = {"size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}} if overridden else {}
+        size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
+        self._size_kw = {"size": size} if overridden else {}
         self.patch_size = int(image_processor.patch_size)
         self.merge_size = int(image_processor.merge_size)
         self._lock = threading.Lock()
@@ -110,12 +111,14 @@ class Preprocessor:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             text_len = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         if text.count(IMAGE_PAD) != len(images):
-            raise BadRowError(IMAGE_MISMATCH, f"{text.count(IMAGE_PAD)} image slots in the prompt, {len(images)} images")
+            raise BadRowError(IMAGE_MISMATCH,
+                              f"{text.count(IMAGE_PAD)} image slots in the prompt, {len(images)} images")
         # Check the length from the resize arithmetic first: patchifying a huge image to then drop it is waste.
         predicted = [self._grid(img) for img in images]
         n_tokens = text_len + sum(int(np.prod(g)) // self.merge_size**2 - 1 for g in predicted)
         if n_tokens > self.max_prompt_length:
-            raise BadRowError(TOO_LONG, f"prompt has {n_tokens} tokens > max_prompt_length {self.max_prompt_length}")
+            raise BadRowError(TOO_LONG, f"prompt has {n_tokens} tokens > max_prompt_length "
+                                        f"{self.max_prompt_length}")
         pixel_values = grid = None
         if images:
             out = self.image_processor(images=images, return_tensors="np", **self._size_kw)
@@ -125,7 +128,8 @@ class Preprocessor:
         with self._lock:
             ids = np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], np.int32)
         if len(ids) > self.max_prompt_length:
-            raise BadRowError(TOO_LONG, f"prompt has {len(ids)} tokens > max_prompt_length {self.max_prompt_length}")
+            raise BadRowError(TOO_LONG, f"prompt has {len(ids)} tokens > max_prompt_length "
+                                        f"{self.max_prompt_length}")
         reward = make_reward_example(parsed, raw, images, grid, self.patch_size, self.task)
         return Example(ids, pixel_values, grid, reward, messages)
 

@@ -135,7 +135,8 @@ def _split_placeholders(text: str, n_images: int) -> list[dict]:
     if len(pieces) == 1:
         return [{"type": "image"}] * n_images + [{"type": "text", "text": text.strip()}]
     if len(pieces) - 1 != n_images:
-        raise BadRowError(IMAGE_MISMATCH, f"{len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but {n_images} images")
+        raise BadRowError(IMAGE_MISMATCH,
+                          f"{len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but {n_images} images")
     parts: list[dict] = []
     for i, piece in enumerate(pieces):
         if i:

@@ -47,7 +47,8 @@ class SceneObject:
 
 
 def make_scene(seed: int, index: int, *, min_objects: int = 1, max_objects: int = 6,
-               size: tuple[int, int] = (224, 224), distinct: bool = False) -> tuple[Image.Image, list[SceneObject]]:
+               size: tuple[int, int] = (224, 224),
+               distinct: bool = False) -> tuple[Image.Image, list[SceneObject]]:
     """Image and its objects; distinct=True makes every (color, shape) pair unique (for grounding)."""
     rng = np.random.default_rng([seed, index])
     width, height = size
@@ -141,4 +142,5 @@ def write_synthetic_dataset(out_dir: str, n: int, seed: int = 0, kind: str = "co
 
 
 def _triangle(o: SceneObject) -> list[tuple[float, float]]:
-    return [(o.x + o.r * math.cos(a), o.y + o.r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    angles = (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)  # equilateral, inside the bounding circle
+    return [(o.x + o.r * math.cos(a), o.y + o.r * math.sin(a)) for a in angles]
