@@ -29,8 +29,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
-    path: str | None = None               # held-out data; None with synthetic training data = a disjoint synthetic set
-    num_rows: int = 256
+    # The held-out data is data.eval_path (or, for synthetic training data, data.num_eval unseen scenes).
     batch_size: int = 32
     max_new_tokens: int = 64
     num_samples: int = 1                  # pass@k with k = num_samples (greedy when temperature = 0)

@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from jaxr1.config import load_config
     from jaxr1.train import build_eval_batches, load_policy
     cfg = load_config(None, [f"data.path={args.data}", f"model.path={args.model}", *args.overrides])
-    model, tokenizer, image_processor, model_dir = load_policy(cfg.model)
-    batches = build_eval_batches(cfg, args.data, tokenizer, image_processor)
+    model, tokenizer, image_processor, model_dir = load_policy(cfg.model, cfg.data)
+    batches = build_eval_batches(cfg, tokenizer, image_processor, data_cfg=cfg.data)
     metrics = evaluate(model, batches, tokenizer, eos_token_ids=eos_ids(tokenizer),
                        max_new_tokens=cfg.eval.max_new_tokens, num_samples=cfg.eval.num_samples,
                        temperature=cfg.eval.temperature, out_path=args.out)

@@ -64,7 +64,7 @@ class SFTTrainer:
 
 
 def run_sft(model, tokenizer, image_processor, data_cfg, *, steps: int, lr: float, template: str,
-            max_target_length: int = 32, log_every: int = 20):
+            max_target_length: int = 32, log_every: int = 20, callback=None):
     """Train `model` for `steps` batches of `data_cfg`; returns the updated model and the loss history."""
     from jaxr1.data import build_dataset
     from jaxr1.eval import eos_ids
@@ -84,6 +84,8 @@ def run_sft(model, tokenizer, image_processor, data_cfg, *, steps: int, lr: floa
         losses.append(float(loss))
         if step % log_every == 0 or step == steps:
             log.info("sft step %d/%d loss %.4f (%.0fs)", step, steps, np.mean(losses[-log_every:]), time.time() - t0)
+        if callback is not None:
+            callback(step, trainer)
     return trainer.model(), losses
 
 

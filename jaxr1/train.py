@@ -37,8 +37,9 @@ def resolve_model_dir(path: str) -> str:
     return path
 
 
-def load_policy(model_cfg):
-    """(model, tokenizer, image processor, directory) from an HF directory or a jaxr1 checkpoint."""
+def load_policy(model_cfg, data_cfg=None):
+    """(model, tokenizer, image processor, directory) from an HF directory or a jaxr1 checkpoint; the data
+    config's min/max_pixels, when set, override the checkpoint's image processor."""
     from jaxr1.checkpointing import is_model_checkpoint, load_model
     from jaxr1.data import load_processors
     from jaxr1.models import qwen2_5_vl
@@ -47,31 +48,19 @@ def load_policy(model_cfg):
         model = load_model(model_dir, dtype=model_cfg.param_dtype)
     else:
         model = qwen2_5_vl.load_hf(model_dir, dtype=model_cfg.param_dtype)
-    tokenizer, image_processor = load_processors(model_dir)
+    pixels = (data_cfg.min_pixels, data_cfg.max_pixels) if data_cfg is not None else (None, None)
+    tokenizer, image_processor = load_processors(model_dir, *pixels)
     return model, tokenizer, image_processor, model_dir
 
 
-def eval_data_path(cfg) -> str | None:
-    """The held-out split; for synthetic training data, scenes from a different seed (never seen in training)."""
-    if cfg.eval.path:
-        return cfg.eval.path
-    train = cfg.data.paths[0] if cfg.data.paths else ""
-    if train.startswith("synthetic:"):
-        kind = train.split(":")[1]
-        return f"synthetic:{kind}:{cfg.eval.num_rows}:{cfg.data.seed + 1_000_003}"
-    return None
-
-
-def build_eval_batches(cfg, path: str, tokenizer, image_processor) -> list:
+def build_eval_batches(cfg, tokenizer, image_processor, data_cfg=None) -> list:
+    """The held-out PromptBatches: data_cfg, else the run's eval split (data.eval_path or unseen synthetic scenes)."""
     from jaxr1.data import build_dataset
-    dcfg = dataclasses.replace(cfg.data, path=path, shuffle=False, num_epochs=1, batch_size=cfg.eval.batch_size)
-    batches, rows = [], 0
-    for batch in build_dataset(dcfg, tokenizer, image_processor):
-        batches.append(batch)
-        rows += int(batch.valid.sum())
-        if rows >= cfg.eval.num_rows:
-            break
-    return batches
+    data_cfg = data_cfg or cfg.data.for_eval()
+    if data_cfg is None:
+        return []
+    data_cfg = dataclasses.replace(data_cfg, shuffle=False, num_epochs=1, batch_size=cfg.eval.batch_size)
+    return list(build_dataset(data_cfg, tokenizer, image_processor))
 
 
 class RunLog:
@@ -112,6 +101,8 @@ class RunLog:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("absl", "jax._src.xla_bridge"):   # orbax's per-save chatter, the TPU probe on CPU hosts
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     import jax
     import yaml
 
@@ -132,12 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     # --- model
     from jaxr1.eval import decode_completions, eos_ids, evaluate
     from jaxr1.rl.learner import Learner, MicroBatch
-    model, tokenizer, image_processor, model_dir = load_policy(cfg.model)
+    model, tokenizer, image_processor, model_dir = load_policy(cfg.model, cfg.data)
     log.info("model %s (%s params)", model_dir, f"{sum(x.size for x in jax.tree.leaves(model)):,}")
     learner = Learner(model, cfg.rl, cfg.optim, cfg.steps, compute_dtype=cfg.model.compute_dtype,
                       remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision)
     del model
-    ref_params = learner.params if cfg.rl.beta > 0 else None   # frozen initial weights; never built when beta=0
+    # Frozen initial weights (a copy: the learner donates its own buffers); never built when beta=0.
+    ref_params = jax.tree.map(lambda x: x.copy(), learner.params) if cfg.rl.beta > 0 else None
     eos = eos_ids(tokenizer)
 
     # --- data
@@ -147,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                             process_count=jax.process_count())
     data_iter = iter(dataset)
     patches_per_slot = max_patches(image_processor)
-    eval_path = eval_data_path(cfg)
-    eval_batches = build_eval_batches(cfg, eval_path, tokenizer, image_processor) if eval_path else []
+    eval_batches = build_eval_batches(cfg, tokenizer, image_processor)
 
     # --- rewards
     from jaxr1.rewards import RewardScorer
