@@ -101,7 +101,7 @@ class Learner:
 
     @functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
     def apply(self, params, opt_state, grads):
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(grad_norm)
         updates, new_opt = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
