@@ -26,79 +26,122 @@ _NEG_INF = -1e30  # as jaxr1.ops.attention: finite, so a fully masked row is uni
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class PromptKV:
-    k: jax.Array      # [L, B, Tp, Hkv, hd]
-    v: jax.Array
+    """Per layer [B, Hkv, Tp, hd] (head-major: the attention dots read it without a transpose). A tuple of
+    per-layer arrays (layer_loop="unroll") or one stacked [L, ...] array (layer_loop="scan")."""
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
     valid: jax.Array  # [B, Tp] bool: real (not padding) prompt slots
+
+    @classmethod
+    def from_cache(cls, k: jax.Array, v: jax.Array, valid: jax.Array, layer_loop: str) -> "PromptKV":
+        """From the model's [L, B, Tp, Hkv, hd] prefill cache (transposed once, not per step)."""
+        k, v = jnp.swapaxes(k, 2, 3), jnp.swapaxes(v, 2, 3)
+        if layer_loop == "unroll":
+            k, v = tuple(k), tuple(v)
+        return cls(k, v, valid)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class GenKV:
-    k: jax.Array  # [L, B*n, N, Hkv, hd]; slot j holds continuation token j
-    v: jax.Array
+    """Per layer [B*n, Hkv, N, hd]; slot j holds continuation token j. Tuple or stacked, as PromptKV."""
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
 
     @classmethod
-    def zeros(cls, lm: TextDecoder, rows: int, length: int, dtype) -> "GenKV":
+    def zeros(cls, lm: TextDecoder, rows: int, length: int, dtype, layer_loop: str) -> "GenKV":
         c = lm.cfg
-        shape = (c.num_hidden_layers, rows, length, c.num_key_value_heads, c.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        shape = (rows, c.num_key_value_heads, length, c.head_dim)
+        if layer_loop == "unroll":
+            return cls(*(tuple(jnp.zeros(shape, dtype) for _ in range(c.num_hidden_layers)) for _ in "kv"))
+        return cls(*(jnp.zeros((c.num_hidden_layers, *shape), dtype) for _ in "kv"))
 
 
 def stacked_layer_params(lm: TextDecoder) -> dict[str, jax.Array]:
     return {k: v[...] for k, v in vars(lm.layers).items() if isinstance(v, nnx.Param)}
 
 
+def layer_params(lm: TextDecoder, layer_loop: str):
+    """Stacked weights for "scan"; for "unroll", one dict per layer. Call it outside the decode loop: the
+    per-layer slices are then made once per call rather than (as a scan's dynamic slices are on CPU) copied
+    every step."""
+    stacked = stacked_layer_params(lm)
+    if layer_loop == "scan":
+        return stacked
+    return [{k: v[i] for k, v in stacked.items()} for i in range(lm.cfg.num_hidden_layers)]
+
+
 def shared_prefix_attention(q, pk, pv, p_valid, gk, gv, g_valid):
-    """q [R, H, hd] with R = B*n; prompt pk/pv [B, Tp, Hkv, hd], p_valid [B, Tp]; own gk/gv [R, N, Hkv, hd],
+    """q [R, H, hd] with R = B*n; prompt pk/pv [B, Hkv, Tp, hd], p_valid [B, Tp]; own gk/gv [R, Hkv, N, hd],
     g_valid [N]. Scores and softmax in float32 as `jaxr1.ops.attention`."""
     r, h, hd = q.shape
-    b, tp, hkv, _ = pk.shape
+    b, hkv, tp, _ = pk.shape
     n, g = r // b, h // hkv
     scale = hd**-0.5
-    s_prompt = jnp.einsum("bnhgd,bshd->bnhgs", q.reshape(b, n, hkv, g, hd), pk,
+    s_prompt = jnp.einsum("bnhgd,bhsd->bnhgs", q.reshape(b, n, hkv, g, hd), pk,
                           preferred_element_type=jnp.float32) * scale
     s_prompt = jnp.where(p_valid[:, None, None, None, :], s_prompt, _NEG_INF).reshape(r, hkv, g, tp)
-    s_own = jnp.einsum("rhgd,rshd->rhgs", q.reshape(r, hkv, g, hd), gk, preferred_element_type=jnp.float32) * scale
+    s_own = jnp.einsum("rhgd,rhsd->rhgs", q.reshape(r, hkv, g, hd), gk, preferred_element_type=jnp.float32) * scale
     s_own = jnp.where(g_valid, s_own, _NEG_INF)
     probs = jax.nn.softmax(jnp.concatenate([s_prompt, s_own], axis=-1), axis=-1).astype(pv.dtype)
-    o = jnp.einsum("bnhgs,bshd->bnhgd", probs[..., :tp].reshape(b, n, hkv, g, tp), pv,
+    o = jnp.einsum("bnhgs,bhsd->bnhgd", probs[..., :tp].reshape(b, n, hkv, g, tp), pv,
                    preferred_element_type=jnp.float32).reshape(r, h * hd)
-    o = o + jnp.einsum("rhgs,rshd->rhgd", probs[..., tp:], gv, preferred_element_type=jnp.float32).reshape(r, h * hd)
+    o = o + jnp.einsum("rhgs,rhsd->rhgd", probs[..., tp:], gv, preferred_element_type=jnp.float32).reshape(r, h * hd)
     return o.astype(q.dtype)
 
 
-def decode_step(lm: TextDecoder, tokens: jax.Array, positions: jax.Array, slot: jax.Array, prompt: PromptKV,
-                gen: GenKV) -> tuple[jax.Array, GenKV]:
+def _layer(cfg, p, x, cos, sin, pk, pv, p_valid, gk, gv, slot, g_valid):
+    """One decoder layer for one new token per row; writes its K/V into slot `slot` of gk/gv."""
+    r, dtype = x.shape[0], x.dtype
+    heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
+    q = linear(h, p["q_kernel"], p["q_bias"]).reshape(r, 1, heads, hd)
+    k = linear(h, p["k_kernel"], p["k_bias"]).reshape(r, 1, kv_heads, hd)
+    v = linear(h, p["v_kernel"], p["v_bias"]).reshape(r, kv_heads, 1, hd)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin).reshape(r, kv_heads, 1, hd)
+    k, v = k.astype(gk.dtype), v.astype(gv.dtype)
+    gk = jax.lax.dynamic_update_slice(gk, k, (0, 0, slot, 0))
+    gv = jax.lax.dynamic_update_slice(gv, v, (0, 0, slot, 0))
+    o = shared_prefix_attention(q[:, 0], pk.astype(dtype), pv.astype(dtype), p_valid, gk.astype(dtype),
+                                gv.astype(dtype), g_valid)
+    x = x + o @ p["o_kernel"]
+    h = rms_norm(x, p["post_attention_norm"], cfg.rms_norm_eps)
+    x = x + (activation(cfg.hidden_act)(h @ p["gate_kernel"]) * (h @ p["up_kernel"])) @ p["down_kernel"]
+    return x, gk, gv, k, v
+
+
+def decode_step(lm: TextDecoder, layers, tokens: jax.Array, positions: jax.Array, slot: jax.Array,
+                prompt: PromptKV, gen: GenKV) -> tuple[jax.Array, GenKV]:
     """Feed tokens [R] at text positions [R] (same on all three M-RoPE channels) into gen slot `slot`;
-    returns float32 logits [R, V] for the next token and the updated cache."""
+    returns float32 logits [R, V] for the next token and the updated cache. `layers` from `layer_params`."""
     cfg = lm.cfg
     x = lm.embed_tokens(tokens)                                      # [R, D]
-    r, dtype = x.shape[0], x.dtype
-    cos, sin = mrope_cos_sin(cfg, jnp.broadcast_to(positions[None, :, None], (3, r, 1)), dtype)
-    heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    g_valid = jnp.arange(gen.k.shape[2]) <= slot
-    act = activation(cfg.hidden_act)
+    r = x.shape[0]
+    cos, sin = mrope_cos_sin(cfg, jnp.broadcast_to(positions[None, :, None], (3, r, 1)), x.dtype)
+    unrolled = isinstance(gen.k, tuple)
+    g_valid = jnp.arange(gen.k[0].shape[-2]) <= slot
+    if unrolled:
+        # Separate per-layer buffers in the while-loop carry: each update is in place, each read a plain operand.
+        new_k, new_v = [], []
+        for i, p in enumerate(layers):
+            x, gk, gv, _, _ = _layer(cfg, p, x, cos, sin, prompt.k[i], prompt.v[i], prompt.valid, gen.k[i],
+                                     gen.v[i], slot, g_valid)
+            new_k.append(gk)
+            new_v.append(gv)
+        gen = GenKV(tuple(new_k), tuple(new_v))
+    else:
+        def body(carry, xs):
+            x, gk_all, gv_all = carry
+            p, pk, pv, i = xs
+            gk, gv = gk_all[i], gv_all[i]
+            x, _, _, k, v = _layer(cfg, p, x, cos, sin, pk, pv, prompt.valid, gk, gv, slot, g_valid)
+            # Only this token's slot is written back into the stacked carry (in place).
+            gk_all = jax.lax.dynamic_update_slice(gk_all, k[None], (i, 0, 0, slot, 0))
+            gv_all = jax.lax.dynamic_update_slice(gv_all, v[None], (i, 0, 0, slot, 0))
+            return (x, gk_all, gv_all), None
 
-    def layer(carry, xs):
-        x, gk_all, gv_all = carry
-        p, pk, pv, idx = xs
-        h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-        q = linear(h, p["q_kernel"], p["q_bias"]).reshape(r, 1, heads, hd)
-        k = linear(h, p["k_kernel"], p["k_bias"]).reshape(r, 1, kv_heads, hd)
-        v = linear(h, p["v_kernel"], p["v_bias"]).reshape(r, 1, kv_heads, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        # Write only this token's slot: the stacked cache is a loop carry, so XLA updates it in place.
-        gk_all = jax.lax.dynamic_update_slice(gk_all, k[None].astype(gk_all.dtype), (idx, 0, slot, 0, 0))
-        gv_all = jax.lax.dynamic_update_slice(gv_all, v[None].astype(gv_all.dtype), (idx, 0, slot, 0, 0))
-        gk = jax.lax.dynamic_index_in_dim(gk_all, idx, keepdims=False).astype(dtype)
-        gv = jax.lax.dynamic_index_in_dim(gv_all, idx, keepdims=False).astype(dtype)
-        o = shared_prefix_attention(q[:, 0], pk.astype(dtype), pv.astype(dtype), prompt.valid, gk, gv, g_valid)
-        x = x + o @ p["o_kernel"]
-        h = rms_norm(x, p["post_attention_norm"], cfg.rms_norm_eps)
-        x = x + (act(h @ p["gate_kernel"]) * (h @ p["up_kernel"])) @ p["down_kernel"]
-        return (x, gk_all, gv_all), None
-
-    xs = (stacked_layer_params(lm), prompt.k, prompt.v, jnp.arange(cfg.num_hidden_layers))
-    (x, gk_all, gv_all), _ = jax.lax.scan(layer, (x, gen.k, gen.v), xs)
+        xs = (layers, prompt.k, prompt.v, jnp.arange(cfg.num_hidden_layers))
+        (x, gk_all, gv_all), _ = jax.lax.scan(body, (x, gen.k, gen.v), xs)
+        gen = GenKV(gk_all, gv_all)
     x = rms_norm(x, lm.norm[...], cfg.rms_norm_eps)
-    return lm.logits(x).astype(jnp.float32), GenKV(gk_all, gv_all)
+    return lm.logits(x).astype(jnp.float32), gen

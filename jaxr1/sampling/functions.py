@@ -1,9 +1,13 @@
 """Token selection from one step's logits: greedy, temperature, top-k, top-p (nucleus), with log-probs.
 
 Order as in transformers and vLLM: temperature, then top-k, then top-p over the top-k renormalised
-distribution. Top-k never sorts the vocabulary (`lax.top_k`). Top-p alone first tries the top
-`nucleus_candidates` tokens and falls back to a full sort only on steps where those carry less than
-`top_p` of the mass in some row; both branches give the same answer, the first is just cheaper.
+distribution. Nothing sorts the vocabulary:
+  - top-k takes `lax.top_k` candidates and draws among them (Gumbel-max over k values);
+  - plain temperature sampling draws by inverse CDF with one uniform per row (two-level prefix sums over
+    128-token chunks), not one Gumbel per vocabulary entry, which costs more than the lm head on a CPU;
+  - top-p alone first tries the top `nucleus_candidates` tokens; on steps where they hold less than top_p
+    of the mass in some row, it finds the nucleus threshold exactly by bisection on the float32 bits of
+    the probabilities (30 masked sums) and draws by inverse CDF inside it. Both give the same set.
 
 Two log-probs per token (both float32):
   logprob           log softmax(logits / T) over the whole vocabulary: what the trainer recomputes
@@ -19,7 +23,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-_NEG_INF = -jnp.inf
+_CHUNK = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +36,13 @@ class SamplingMode:
     nucleus_candidates: int = 256
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+    """argmax over the last axis (first index on ties) as two plain reductions; XLA:CPU's variadic argmax
+    reduce is ~10x slower over a vocabulary."""
+    m = jnp.max(x, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(x == m, jnp.arange(x.shape[-1]), x.shape[-1]), axis=-1).astype(jnp.int32)
+
+
 def nucleus_keep(sorted_logits: jax.Array, log_norm: jax.Array, top_p: jax.Array) -> jax.Array:
     """Keep mask over descending-sorted logits: token i stays iff the mass strictly before it is < top_p
     (transformers' TopPLogitsWarper with min_tokens_to_keep=1). log_norm is the normaliser of the
@@ -41,14 +52,51 @@ def nucleus_keep(sorted_logits: jax.Array, log_norm: jax.Array, top_p: jax.Array
     return (before < top_p) | (jnp.arange(sorted_logits.shape[-1]) == 0)
 
 
-def _draw(key: jax.Array, cand_logits: jax.Array, cand_ids: jax.Array, keep: jax.Array, log_norm: jax.Array):
-    """Draw among candidates ([R, C], masked by keep); returns token, full logprob, sampling logprob."""
-    masked = jnp.where(keep, cand_logits, _NEG_INF)
-    choice = jax.random.categorical(key, masked, axis=-1)
-    picked = jnp.take_along_axis(cand_logits, choice[:, None], axis=-1)[:, 0]
-    token = jnp.take_along_axis(cand_ids, choice[:, None], axis=-1)[:, 0]
-    kept_norm = jax.nn.logsumexp(masked, axis=-1)
-    return token.astype(jnp.int32), picked - log_norm[:, 0], picked - kept_norm
+def nucleus_threshold(probs: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Smallest probability in the nucleus, per row ([R, V] -> [R, 1]), without sorting: the least t with
+    mass(p > t) < top_p is one of the p values; bisect on the (order-preserving) bits of non-negative floats."""
+    bits_of = lambda b: jax.lax.bitcast_convert_type(b, jnp.float32)
+
+    def step(_, lo_hi):
+        lo, hi = lo_hi                                   # invariant: mass above bits_of(hi) < top_p
+        mid = lo + (hi - lo) // 2
+        above = jnp.sum(jnp.where(probs > bits_of(mid), probs, 0.0), axis=-1, keepdims=True)
+        ok = above < top_p
+        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+    r = probs.shape[0]
+    lo = jnp.zeros((r, 1), jnp.int32)
+    hi = jnp.full((r, 1), jnp.int32(0x3F800000))         # 1.0: nothing is above it
+    _, hi = jax.lax.fori_loop(0, 31, step, (lo, hi))
+    return bits_of(hi)
+
+
+def inverse_cdf(key: jax.Array, weights: jax.Array) -> jax.Array:
+    """One draw per row from unnormalised non-negative weights [R, V], with one uniform per row."""
+    r, v = weights.shape
+    pad = -v % _CHUNK
+    w = jnp.pad(weights, ((0, 0), (0, pad))).reshape(r, -1, _CHUNK)
+    chunk_cum = jnp.cumsum(jnp.sum(w, axis=-1), axis=-1)                  # [R, C]
+    target = (1.0 - jax.random.uniform(key, (r, 1))) * chunk_cum[:, -1:]   # in (0, total]
+    c = jnp.minimum(jnp.sum(chunk_cum < target, axis=-1), chunk_cum.shape[1] - 1)
+    before = jnp.where(c > 0, jnp.take_along_axis(chunk_cum, jnp.maximum(c - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
+    inner = jnp.cumsum(jnp.take_along_axis(w, c[:, None, None], axis=1)[:, 0], axis=-1)   # [R, 128]
+    # Clamp to the chunk's own total so rounding can never step past its last positive weight.
+    t = jnp.minimum(target[:, 0] - before, inner[:, -1])
+    j = jnp.minimum(jnp.sum(inner < t[:, None], axis=-1), _CHUNK - 1)
+    return (c * _CHUNK + j).astype(jnp.int32)
+
+
+def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(x, idx[:, None], axis=-1)[:, 0]
+
+
+def _draw_candidates(key, cand_logits, cand_ids, keep, log_norm):
+    """Gumbel-max among candidates ([R, C], masked by keep); returns token, full logprob, sampling logprob."""
+    masked = jnp.where(keep, cand_logits, -jnp.inf)
+    choice = first_argmax(masked + jax.random.gumbel(key, masked.shape))
+    picked = _gather(cand_logits, choice)
+    return _gather(cand_ids, choice).astype(jnp.int32), picked - log_norm[:, 0], picked - jax.nn.logsumexp(masked, -1)
 
 
 def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
@@ -56,8 +104,8 @@ def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, top
     """logits [R, V] -> (tokens [R] int32, logprob [R], sampling_logprob [R])."""
     logits = logits.astype(jnp.float32)
     if mode.greedy:
-        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
+        token = first_argmax(logits)
+        lp = _gather(logits, token) - jax.nn.logsumexp(logits, axis=-1)
         return token, lp, lp
     scaled = logits / temperature
     log_norm = jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
@@ -67,23 +115,26 @@ def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, top
         keep = jnp.ones(vals.shape, bool)
         if mode.use_top_p:
             keep = nucleus_keep(vals, jax.nn.logsumexp(vals, axis=-1, keepdims=True), top_p)
-        return _draw(key, vals, ids, keep, log_norm)
+        return _draw_candidates(key, vals, ids, keep, log_norm)
     if mode.use_top_p:
         c = min(mode.nucleus_candidates, vocab)
         vals, ids = jax.lax.top_k(scaled, c)
 
         def among_candidates(_):
-            return _draw(key, vals, ids, nucleus_keep(vals, log_norm, top_p), log_norm)
+            return _draw_candidates(key, vals, ids, nucleus_keep(vals, log_norm, top_p), log_norm)
 
-        def full_sort(_):
-            v, i = jax.lax.top_k(scaled, vocab)
-            return _draw(key, v, i, nucleus_keep(v, log_norm, top_p), log_norm)
+        def by_threshold(_):
+            probs = jnp.exp(scaled - log_norm)
+            kept = jnp.where(probs >= nucleus_threshold(probs, top_p), probs, 0.0)
+            token = inverse_cdf(key, kept)
+            lp = _gather(scaled, token) - log_norm[:, 0]
+            return token, lp, lp - jnp.log(jnp.sum(kept, axis=-1))
 
         if c == vocab:
             return among_candidates(None)
-        # If the candidates hold >= top_p of the mass, every token outside them has >= top_p before it.
+        # If the top c hold >= top_p of the mass, every token outside them has >= top_p before it.
         cand_mass = jnp.exp(jax.nn.logsumexp(vals, axis=-1) - log_norm[:, 0])
-        return jax.lax.cond(jnp.all(cand_mass >= top_p), among_candidates, full_sort, None)
-    token = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
-    lp = jnp.take_along_axis(scaled, token[:, None], axis=-1)[:, 0] - log_norm[:, 0]
+        return jax.lax.cond(jnp.all(cand_mass >= top_p), among_candidates, by_threshold, None)
+    token = inverse_cdf(key, jnp.exp(scaled - log_norm))
+    lp = _gather(scaled, token) - log_norm[:, 0]
     return token, lp, lp

@@ -14,7 +14,8 @@ from jaxr1.sampling.sampler import DecodeSpec, SampleOutput, sample
 
 def make_spec(cfg, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
               num_samples: int = 1, eos_token_ids: Sequence[int] | int | None = None,
-              pad_token_id: int | None = None, nucleus_candidates: int = 256) -> DecodeSpec:
+              pad_token_id: int | None = None, nucleus_candidates: int = 256,
+              layer_loop: str = "unroll") -> DecodeSpec:
     """The static decode configuration for these sampling settings (eos / pad default to the model config)."""
     if max_new_tokens < 1 or num_samples < 1:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) and num_samples ({num_samples}) must be >= 1")
@@ -25,10 +26,12 @@ def make_spec(cfg, *, max_new_tokens: int, temperature: float = 1.0, top_p: floa
     eos = tuple(int(e) for e in ([] if eos_token_ids is None else
                                  [eos_token_ids] if isinstance(eos_token_ids, int) else eos_token_ids))
     pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
+    if layer_loop not in ("unroll", "scan"):
+        raise ValueError(f"layer_loop must be 'unroll' or 'scan', got {layer_loop!r}")
     greedy = temperature == 0
     mode = SamplingMode(greedy=greedy, top_k=0 if greedy else int(top_k), use_top_p=not greedy and top_p < 1.0,
                         nucleus_candidates=nucleus_candidates)
-    return DecodeSpec(mode, int(num_samples), bucket_gen_length(max_new_tokens), eos, int(pad))
+    return DecodeSpec(mode, int(num_samples), bucket_gen_length(max_new_tokens), eos, int(pad), layer_loop)
 
 
 def generate(model: Qwen2_5_VL, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,

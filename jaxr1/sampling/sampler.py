@@ -21,7 +21,7 @@ from flax import nnx
 
 from jaxr1.models.qwen2_5_vl.text import KVCache
 from jaxr1.sampling.buckets import PromptBatch
-from jaxr1.sampling.decode import GenKV, PromptKV, decode_step
+from jaxr1.sampling.decode import GenKV, PromptKV, decode_step, layer_params
 from jaxr1.sampling.functions import SamplingMode, sample_tokens
 
 STOP_NONE, STOP_EOS, STOP_LENGTH = 0, 1, 2
@@ -44,6 +44,7 @@ class DecodeSpec:
     gen_len: int                      # generation buffer length (bucketed max_new_tokens)
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
+    layer_loop: str = "unroll"        # "unroll": per-layer buffers (fastest); "scan": stacked, smaller program
 
 
 @jax.tree_util.register_dataclass
@@ -103,7 +104,8 @@ def _prefill(graphdef, params, batch: PromptBatch, key, max_new_tokens, temperat
     valid = inputs.attention_mask.astype(bool)
     zeros = jnp.zeros((rows, spec.gen_len), jnp.float32)
     state = SamplerState(
-        prompt=PromptKV(cache.k, cache.v, valid), gen=GenKV.zeros(lm, rows, spec.gen_len, embeds.dtype),
+        prompt=PromptKV.from_cache(cache.k, cache.v, valid, spec.layer_loop),
+        gen=GenKV.zeros(lm, rows, spec.gen_len, embeds.dtype, spec.layer_loop),
         tokens=jnp.full((rows, spec.gen_len), spec.pad_token_id, jnp.int32), logprobs=zeros,
         sampling_logprobs=zeros, last=jnp.zeros((rows,), jnp.int32),
         base_position=jnp.repeat(batch.prompt_lengths + batch.rope_deltas, n).astype(jnp.int32),
@@ -118,13 +120,14 @@ def _prefill(graphdef, params, batch: PromptBatch, key, max_new_tokens, temperat
 def _decode(graphdef, params, state: SamplerState, *, spec: DecodeSpec) -> SamplerState:
     TRACES["decode"] += 1
     lm = nnx.merge(graphdef, params).language_model
+    layers = layer_params(lm, spec.layer_loop)   # outside the loop: sliced once per call, not per step
 
     def cond(s: SamplerState):
         return (s.step < s.max_new_tokens) & ~jnp.all(s.done)
 
     def body(s: SamplerState):
         slot = s.step - 1   # the token fed now is continuation token step-1
-        logits, gen = decode_step(lm, s.last, s.base_position + slot, slot, s.prompt, s.gen)
+        logits, gen = decode_step(lm, layers, s.last, s.base_position + slot, slot, s.prompt, s.gen)
         token, lp, slp = sample_tokens(logits, jax.random.fold_in(s.key, s.step), s.temperature, s.top_p, spec.mode)
         return _record(s, spec, token, lp, slp, gen)
 
