@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from jaxr1.rl.advantages import compute_advantages
     from jaxr1.rl.losses import compute_loss_normalizer
-    from jaxr1.sampling import generate
+    from jaxr1.sampling import STOP_LENGTH, generate
     G, Tc = cfg.rl.num_generations, cfg.rl.max_completion_length
     n_mb = cfg.data.batch_size // cfg.rl.micro_batch_prompts if cfg.rl.micro_batch_prompts else 1
     bar = tqdm(range(1, cfg.steps + 1), desc="grpo", disable=not is_main, dynamic_ncols=True)
@@ -223,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics.update({
             "reward/total_mean": float(total[v].mean()), "reward/total_std": float(total[v].std()),
             "completion/length_mean": float(lengths[v].mean()), "completion/length_max": float(lengths[v].max()),
-            "completion/truncated_frac": float(np.mean(np.asarray(gen.stop_reason)[v] != 1))
-            if hasattr(gen, "stop_reason") else 0.0,
+            "completion/truncated_frac": float(np.mean(np.asarray(gen.stop_reason)[v] == STOP_LENGTH)),
             "rl/zero_std_frac": float(adv_stats.get("zero_std_frac", 0.0)),
             "rl/sampler_trainer_logprob_gap": float(gap.mean()) if gap.size else 0.0,
             "rl/sampler_trainer_logprob_gap_max": float(gap.max()) if gap.size else 0.0,
