@@ -37,12 +37,14 @@ def make_spec(cfg, *, max_new_tokens: int, temperature: float = 1.0, top_p: floa
 def generate(model: Qwen2_5_VL, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
              max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              num_samples: int = 1, eos_token_ids: Sequence[int] | int | None = None, seed: int = 0,
-             pad_token_id: int | None = None) -> SampleOutput:
+             pad_token_id: int | None = None, layer_loop: str = "unroll") -> SampleOutput:
     """Sample `num_samples` continuations per prompt; temperature=0 means greedy. Rows i*n .. i*n+n-1 are
-    prompt i's. eos_token_ids / pad_token_id default to the model config's (pad falls back to 0)."""
+    prompt i's. eos_token_ids / pad_token_id default to the model config's (pad falls back to 0).
+    layer_loop: "unroll" (per-layer cache buffers, fastest) or "scan" (one layer body: smaller program)."""
     cfg = model.config
     spec = make_spec(cfg, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                     num_samples=num_samples, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id)
+                     num_samples=num_samples, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id,
+                     layer_loop=layer_loop)
     batch = prepare_prompts(cfg, input_ids, attention_mask, pixel_values, image_grid_thw,
                             pad_token_id=spec.pad_token_id)
     graphdef, params = nnx.split(model)

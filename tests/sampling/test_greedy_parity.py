@@ -1,5 +1,6 @@
 """Greedy decoding equals transformers' generate(do_sample=False) token for token (fp32, tiny random model)."""
 import numpy as np
+import pytest
 
 from jaxr1.sampling import STOP_EOS, STOP_LENGTH, generate
 from tests.sampling.prompts import hf_generate, image_batch, text_batch
@@ -32,11 +33,12 @@ def test_text_mixed_lengths_left_padded_with_early_eos(tiny_pair):
     assert (lengths[runs_on] == 12).all() and (stop[runs_on] == STOP_LENGTH).all()
 
 
-def test_one_and_two_images(tiny_pair):
+@pytest.mark.parametrize("layer_loop", ["unroll", "scan"])
+def test_one_and_two_images(tiny_pair, layer_loop):
     hf_model, model = tiny_pair
     batch = image_batch()
     hf = hf_generate(hf_model, batch, max_new_tokens=10, eos_token_ids=())
-    out = generate(model, **batch, max_new_tokens=10, temperature=0.0, eos_token_ids=())
+    out = generate(model, **batch, max_new_tokens=10, temperature=0.0, eos_token_ids=(), layer_loop=layer_loop)
     assert hf.shape == (2, 10)
-    _assert_same(out, hf, "images (row 0 one image, row 1 two)")
+    _assert_same(out, hf, f"images (row 0 one image, row 1 two), layer_loop={layer_loop}")
     assert (np.asarray(out.lengths) == 10).all() and (np.asarray(out.stop_reason) == STOP_LENGTH).all()

@@ -134,3 +134,23 @@ def test_no_recompile_inside_bucket(tiny_pair):
         out = generate(m, **text_batch(lengths=lengths, seed=i + 1), max_new_tokens=new, **kw)
         assert np.asarray(out.tokens).shape == (3, new)
     assert compile_count() == n0, f"{compile_count() - n0} recompilations inside one bucket"
+
+
+def test_cache_dtype_follows_model(tiny_pair):
+    """A bf16 cast of the weights (as a trainer passes) gives bf16 prompt and sample caches (traced only)."""
+    import jax.numpy as jnp
+
+    from jaxr1.sampling import make_spec, prepare_prompts
+    from jaxr1.sampling.sampler import decode_fn, prefill_fn
+    _, model = tiny_pair
+    graphdef, params = nnx.split(model)
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    batch = prepare_prompts(model.config, **image_batch())
+    for loop in ("unroll", "scan"):
+        spec = make_spec(model.config, max_new_tokens=4, temperature=1.0, top_k=5, layer_loop=loop)
+        state = jax.eval_shape(lambda p: prefill_fn(graphdef, p, batch, jax.random.key(0), 4, 1.0, 1.0, spec=spec),
+                               params)
+        leaves = jax.tree.leaves((state.prompt.k, state.prompt.v, state.gen.k, state.gen.v))
+        assert {x.dtype for x in leaves} == {jnp.dtype(jnp.bfloat16)}
+        out = jax.eval_shape(lambda p, s: decode_fn(graphdef, p, s, spec=spec), params, state)
+        assert out.logprobs.dtype == jnp.float32 and out.tokens.dtype == jnp.int32
