@@ -68,7 +68,13 @@ def layer_params(lm: TextDecoder, layer_loop: str):
     stacked = stacked_layer_params(lm)
     if layer_loop == "scan":
         return stacked
-    return [{k: v[i] for k, v in stacked.items()} for i in range(lm.cfg.num_hidden_layers)]
+    # Per layer, with q/k/v and gate/up fused into one matmul each (fewer, larger GEMMs per step).
+    cat = lambda names, i: jnp.concatenate([stacked[n][i] for n in names], axis=-1)
+    return [dict(input_norm=stacked["input_norm"][i], post_attention_norm=stacked["post_attention_norm"][i],
+                 qkv_kernel=cat(("q_kernel", "k_kernel", "v_kernel"), i), qkv_bias=cat(("q_bias", "k_bias", "v_bias"), i),
+                 o_kernel=stacked["o_kernel"][i], gate_up_kernel=cat(("gate_kernel", "up_kernel"), i),
+                 down_kernel=stacked["down_kernel"][i])
+            for i in range(lm.cfg.num_hidden_layers)]
 
 
 def shared_prefix_attention(q, pk, pv, p_valid, gk, gv, g_valid):
@@ -95,9 +101,11 @@ def _layer(cfg, p, x, cos, sin, pk, pv, p_valid, gk, gv, slot, g_valid):
     r, dtype = x.shape[0], x.dtype
     heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-    q = linear(h, p["q_kernel"], p["q_bias"]).reshape(r, 1, heads, hd)
-    k = linear(h, p["k_kernel"], p["k_bias"]).reshape(r, 1, kv_heads, hd)
-    v = linear(h, p["v_kernel"], p["v_bias"]).reshape(r, kv_heads, 1, hd)
+    if "qkv_kernel" in p:
+        q, k, v = jnp.split(linear(h, p["qkv_kernel"], p["qkv_bias"]), [heads * hd, (heads + kv_heads) * hd], axis=-1)
+    else:
+        q, k, v = (linear(h, p[f"{n}_kernel"], p[f"{n}_bias"]) for n in "qkv")
+    q, k, v = q.reshape(r, 1, heads, hd), k.reshape(r, 1, kv_heads, hd), v.reshape(r, kv_heads, 1, hd)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin).reshape(r, kv_heads, 1, hd)
     k, v = k.astype(gk.dtype), v.astype(gv.dtype)
     gk = jax.lax.dynamic_update_slice(gk, k, (0, 0, slot, 0))
@@ -106,7 +114,11 @@ def _layer(cfg, p, x, cos, sin, pk, pv, p_valid, gk, gv, slot, g_valid):
                                 gv.astype(dtype), g_valid)
     x = x + o @ p["o_kernel"]
     h = rms_norm(x, p["post_attention_norm"], cfg.rms_norm_eps)
-    x = x + (activation(cfg.hidden_act)(h @ p["gate_kernel"]) * (h @ p["up_kernel"])) @ p["down_kernel"]
+    if "gate_up_kernel" in p:
+        gate, up = jnp.split(h @ p["gate_up_kernel"], 2, axis=-1)
+    else:
+        gate, up = h @ p["gate_kernel"], h @ p["up_kernel"]
+    x = x + (activation(cfg.hidden_act)(gate) * up) @ p["down_kernel"]
     return x, gk, gv, k, v
 
 

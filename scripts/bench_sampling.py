@@ -1,0 +1,238 @@
+"""Rollout throughput: jaxr1 `generate` vs transformers `generate` on the same random Qwen2.5-VL, one process.
+
+    python scripts/bench_sampling.py                                   # CPU preset (results in benchmarks/RESULTS.md)
+    python scripts/bench_sampling.py --preset 3b --dtype bfloat16 --skip-hf --hbm-bandwidth 3.35e12   # one GPU
+
+B prompts with one image each, G samples per prompt, a fixed number of new tokens (no EOS, so both sides
+generate the same count), sampling on (temperature 1, no top-k / top-p unless asked). jaxr1's compile time is
+reported apart from its steady-state time. The decode roofline counts the bytes one decode step must read:
+text weights + the prompt KV cache (once per prompt) + the samples' own KV (on average half the new tokens).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import tempfile
+import time
+
+import numpy as np
+
+PRESETS = {
+    # Big enough to be compute-bound on a CPU; the vision tower is small next to the 3B's 32 x 1280.
+    "cpu": dict(text=dict(vocab_size=32768, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                          num_attention_heads=8, num_key_value_heads=2, mrope_section=[8, 12, 12]),
+                vision=dict(depth=4, hidden_size=256, intermediate_size=512, num_heads=4,
+                            fullatt_block_indexes=[1, 3], window_size=112)),
+    "3b": None,  # ModelConfig.qwen2_5_vl_3b()
+}
+
+
+def model_config(preset: str):
+    from jaxr1.models.qwen2_5_vl import ModelConfig, TextConfig, VisionConfig
+    if preset == "3b":
+        return ModelConfig.qwen2_5_vl_3b()
+    p = PRESETS[preset]
+    text = TextConfig(**{**p["text"], "mrope_section": tuple(p["text"]["mrope_section"])})
+    vision = VisionConfig(**{**p["vision"], "fullatt_block_indexes": tuple(p["vision"]["fullatt_block_indexes"]),
+                             "out_hidden_size": text.hidden_size})
+    v = text.vocab_size
+    return ModelConfig(text=text, vision=vision, image_token_id=v - 1, video_token_id=v - 2,
+                       vision_start_token_id=v - 4, vision_end_token_id=v - 3, bos_token_id=None, eos_token_id=None)
+
+
+def build_models(cfg, dtype: str, hf_dir: str | None, seed: int):
+    """The jaxr1 model; with hf_dir, also saved there for transformers to load (the same weights)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxr1.models import qwen2_5_vl
+    model = qwen2_5_vl.Qwen2_5_VL(cfg, jnp.dtype(dtype), nnx.Rngs(seed))
+    if hf_dir is None:
+        return model
+    qwen2_5_vl.save_hf(model, hf_dir)
+    return qwen2_5_vl.load_hf(hf_dir, dtype)
+
+
+def make_prompts(cfg, batch: int, text_len: int, image_size: int, seed: int):
+    rng = np.random.default_rng(seed)
+    g = image_size // cfg.vision.patch_size
+    grid = (1, g, g)
+    n_img = g * g // cfg.vision.merge_unit
+    rows = []
+    for i in range(batch):
+        head = list(rng.integers(10, 5000, text_len // 2 + i))   # different lengths: left padding on
+        tail = list(rng.integers(10, 5000, text_len - text_len // 2))
+        rows.append(head + [cfg.vision_start_token_id] + [cfg.image_token_id] * n_img + [cfg.vision_end_token_id]
+                    + tail)
+    t = max(map(len, rows))
+    ids = np.zeros((batch, t), np.int64)
+    mask = np.zeros((batch, t), np.int64)
+    for i, r in enumerate(rows):
+        ids[i, t - len(r):], mask[i, t - len(r):] = r, 1
+    pv = rng.standard_normal((batch * g * g, cfg.vision.patch_dim)).astype(np.float32)
+    return ids, mask, pv, np.asarray([grid] * batch, np.int64)
+
+
+def decode_bytes(cfg, dtype_bytes: int, batch: int, prompt_len: int, samples: int, new_tokens: int) -> float:
+    t = cfg.text
+    hd, kv = t.head_dim, t.num_key_value_heads
+    layer = (t.hidden_size * (t.num_attention_heads * hd) * 2 + t.hidden_size * kv * hd * 2
+             + 3 * t.hidden_size * t.intermediate_size)
+    weights = t.num_hidden_layers * layer + t.vocab_size * t.hidden_size   # lm head (embedding rows: negligible)
+    kv_token = t.num_hidden_layers * 2 * kv * hd
+    kv_read = batch * prompt_len * kv_token + batch * samples * (new_tokens / 2) * kv_token
+    return (weights + kv_read) * dtype_bytes
+
+
+def bench_jaxr1(model, ids, mask, pv, thw, args):
+    import jax
+    from flax import nnx
+
+    from jaxr1.sampling import compile_count, make_spec, prepare_prompts
+    from jaxr1.sampling.sampler import decode_fn, prefill_fn
+    cfg = model.config
+    spec = make_spec(cfg, max_new_tokens=args.new_tokens, temperature=args.temperature, top_p=args.top_p,
+                     top_k=args.top_k, num_samples=args.samples, eos_token_ids=())
+    graphdef, params = nnx.split(model)
+
+    def run(seed):
+        t0 = time.perf_counter()
+        batch = prepare_prompts(cfg, ids, mask, pv, thw)   # host work is part of the measured time
+        state = prefill_fn(graphdef, params, batch, jax.random.key(seed), args.new_tokens, args.temperature,
+                           args.top_p, spec=spec)
+        jax.block_until_ready(state)
+        t1 = time.perf_counter()
+        out = decode_fn(graphdef, params, state, spec=spec)
+        lengths = np.asarray(out.lengths)
+        t2 = time.perf_counter()
+        return t2 - t0, t1 - t0, t2 - t1, int(lengths.sum()), batch.inputs.input_ids.shape[1]
+
+    c0 = compile_count()
+    first, *_ = run(0)
+    times = [run(1 + i) for i in range(args.repeats)]
+    assert compile_count() - c0 == 2, "steady-state runs recompiled"
+    best = min(times)
+    steady = float(np.median([t[0] for t in times]))
+    return dict(first=first, steady=steady, prefill=float(np.median([t[1] for t in times])),
+                decode=float(np.median([t[2] for t in times])), tokens=best[3], prompt_len=best[4])
+
+
+def pick_torch_threads(hf, rows: int, prompt_len: int) -> dict[int, float]:
+    """Seconds per decode step of `rows` rows for each candidate torch thread count. On a loaded CPU,
+    OpenMP with all cores can be several times slower than one thread; transformers gets its best."""
+    import torch
+    ids = torch.randint(10, 5000, (rows, prompt_len))
+    timings = {}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            out = hf.model.language_model(input_ids=ids, use_cache=True)
+            pkv, tok, steps = out.past_key_values, ids[:, -1:], []
+            for i in range(4):
+                t0 = time.perf_counter()
+                o = hf(input_ids=tok, past_key_values=pkv, use_cache=True, logits_to_keep=1)
+                pkv, tok = o.past_key_values, o.logits[:, -1].argmax(-1, keepdim=True)
+                steps.append(time.perf_counter() - t0)
+        timings[threads] = float(np.median(steps[1:]))
+    return timings
+
+
+def bench_hf(hf_dir, dtype, ids, mask, pv, thw, args, result):
+    """Runs in a child process: no JAX (or its thread pool) in the process that times PyTorch."""
+    import torch
+    import transformers
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=getattr(torch, dtype)).eval()
+    step_s = {}
+    if args.hf_threads:
+        threads = args.hf_threads
+    else:
+        step_s = pick_torch_threads(hf, len(ids) * args.samples, ids.shape[1])
+        threads = min(step_s, key=step_s.get)
+    torch.set_num_threads(threads)
+    it = torch.as_tensor(ids)
+    kw = dict(input_ids=it, attention_mask=torch.as_tensor(mask), pixel_values=torch.as_tensor(pv),
+              image_grid_thw=torch.as_tensor(thw), mm_token_type_ids=(it == hf.config.image_token_id).int(),
+              do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+              num_return_sequences=args.samples, eos_token_id=None, pad_token_id=0, use_cache=True)
+    with torch.no_grad():
+        hf.generate(**kw, max_new_tokens=2)   # warm up allocators / kernels
+        times, tokens = [], 0
+        for i in range(args.hf_repeats):
+            torch.manual_seed(i)
+            t0 = time.perf_counter()
+            out = hf.generate(**kw, max_new_tokens=args.new_tokens)
+            times.append(time.perf_counter() - t0)
+            tokens = int(out.shape[0] * (out.shape[1] - ids.shape[1]))
+    result.update(steady=float(np.median(times)), tokens=tokens, version=transformers.__version__,
+                  torch=torch.__version__, threads=threads, step_s=step_s)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--batch", type=int, default=8, help="prompts, one image each")
+    ap.add_argument("--samples", type=int, default=8, help="samples per prompt (G)")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--text-len", type=int, default=40, help="text tokens per prompt around the image")
+    ap.add_argument("--image-size", type=int, default=224, help="square image side in pixels")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="steady-state jaxr1 runs (median reported)")
+    ap.add_argument("--hf-repeats", type=int, default=1)
+    ap.add_argument("--hf-threads", type=int, default=0, help="torch threads; 0: the faster of 1 and all cores")
+    ap.add_argument("--skip-hf", action="store_true", help="jaxr1 only (e.g. on a GPU without CUDA torch)")
+    ap.add_argument("--hbm-bandwidth", type=float, default=None, help="bytes/s, e.g. 3.35e12 for an H100 SXM")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import jax
+    cfg = model_config(args.preset)
+    tmp = tempfile.TemporaryDirectory()
+    model = build_models(cfg, args.dtype, None if args.skip_hf else tmp.name, args.seed)
+    ids, mask, pv, thw = make_prompts(cfg, args.batch, args.text_len, args.image_size, args.seed)
+    t = cfg.text
+    print(f"model: text {t.num_hidden_layers} layers x {t.hidden_size} (ffn {t.intermediate_size}, heads "
+          f"{t.num_attention_heads}/{t.num_key_value_heads}), vocab {t.vocab_size}; vision {cfg.vision.depth} x "
+          f"{cfg.vision.hidden_size}; {args.dtype}; device {jax.devices()[0].device_kind}, "
+          f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}")
+    print(f"work: {args.batch} prompts (one {args.image_size}px image, {ids.shape[1]} tokens max) x {args.samples} "
+          f"samples x {args.new_tokens} new tokens, temperature {args.temperature}, top_p {args.top_p}, "
+          f"top_k {args.top_k}")
+    j = bench_jaxr1(model, ids, mask, pv, thw, args)
+    steps = args.new_tokens - 1
+    step_s = j["decode"] / steps
+    print(f"jaxr1: compile {j['first'] - j['steady']:.2f} s (first call {j['first']:.2f} s); steady {j['steady']:.3f} s "
+          f"(prefill {j['prefill']:.3f} s, decode {j['decode']:.3f} s = {1e3 * step_s:.2f} ms/step); "
+          f"{j['tokens'] / j['steady']:.1f} tokens/s")
+    nbytes = decode_bytes(cfg, 2 if args.dtype == "bfloat16" else 4, args.batch, j["prompt_len"], args.samples,
+                          args.new_tokens)
+    line = f"jaxr1 decode: {nbytes / 1e6:.1f} MB read per step -> {nbytes / step_s / 1e9:.1f} GB/s"
+    if args.hbm_bandwidth:
+        line += f" = {100 * nbytes / step_s / args.hbm_bandwidth:.1f}% of the {args.hbm_bandwidth / 1e9:.0f} GB/s roofline"
+    print(line)
+    if not args.skip_hf:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Manager() as manager:
+            result = manager.dict()
+            proc = ctx.Process(target=bench_hf, args=(tmp.name, args.dtype, ids, mask, pv, thw, args, result))
+            proc.start()
+            proc.join()
+            h = dict(result)
+        if proc.exitcode != 0:
+            raise SystemExit(f"transformers benchmark process failed (exit code {proc.exitcode})")
+        if h["step_s"]:
+            print("transformers thread calibration (s per decode step): "
+                  + ", ".join(f"{k} threads {v:.3f}" for k, v in h["step_s"].items()))
+        print(f"transformers {h['version']} (torch {h['torch']}, {h['threads']} threads, own process): "
+              f"{h['steady']:.3f} s; {h['tokens'] / h['steady']:.1f} tokens/s")
+        print(f"ratio jaxr1 / transformers (steady tokens/s): {(j['tokens'] / j['steady']) / (h['tokens'] / h['steady']):.2f}x")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
