@@ -18,6 +18,8 @@ MAX_SYMBOLIC_EXPONENT = 1_000  # (x+1)^1000 stays unexpanded, but evaluating it 
 MAX_ROOT_INDEX = 100
 MAX_FACTORIAL = 3_000
 MAX_LITERAL_CHARS = 400
+MAX_EXP_HEIGHT = 2
+MAX_BINOMIAL_N = 10_000
 
 
 class TooLarge(ValueError):
@@ -107,13 +109,29 @@ def pow_(base: sympy.Expr, exp: sympy.Expr) -> sympy.Expr:
         if abs(exp) > MAX_SYMBOLIC_EXPONENT:
             raise TooLarge("symbolic exponent too large")
         return check(base**exp)
-    if not exp.free_symbols and (base.is_Number or not base.free_symbols):
+    if exp.free_symbols:
+        result = check(base**exp)
+        if exp_height(result) > MAX_EXP_HEIGHT:
+            raise TooLarge("tower of exponentials")  # e^{e^{e^{x}}} overflows any evaluation
+        return result
+    if not base.free_symbols:
         # e.g. 2^{\sqrt{2}} or \pi^{10^{100}}: bound with a float estimate of the exponent.
         e_abs, b_abs = _approx_abs(exp), _approx_abs(base)
         b_mag = abs(math.log10(b_abs)) if 0 < b_abs < math.inf else (0.0 if b_abs == 0 else math.inf)
         if not math.isfinite(e_abs) or e_abs * max(b_mag, 1.0) > MAX_DIGITS:
             raise TooLarge("power too large")
     return check(base**exp)
+
+
+def exp_height(e: sympy.Expr) -> int:
+    """Nesting depth of exponentials whose exponent varies (e^{2^x} has height 2)."""
+    if e.is_Atom:
+        return 0
+    if isinstance(e, sympy.exp):
+        return 1 + exp_height(e.args[0])
+    if e.is_Pow and e.exp.free_symbols:
+        return max(exp_height(e.base), 1 + exp_height(e.exp))
+    return max(exp_height(a) for a in e.args)
 
 
 def factorial(n: sympy.Expr) -> sympy.Expr:
@@ -123,6 +141,6 @@ def factorial(n: sympy.Expr) -> sympy.Expr:
 
 
 def binomial(n: sympy.Expr, k: sympy.Expr) -> sympy.Expr:
-    if not (n.is_Integer and k.is_Integer and 0 <= n <= 20 * MAX_FACTORIAL):
+    if not (n.is_Integer and k.is_Integer and 0 <= n <= MAX_BINOMIAL_N):
         raise TooLarge("binomial argument out of range")
     return check(sympy.binomial(n, k))

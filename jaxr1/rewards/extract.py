@@ -12,7 +12,7 @@ import re
 # The answer sits at the end; 64k characters is far more than any sane answer block.
 MAX_SEARCH_CHARS = 65_536
 
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_TAG_RE = re.compile(r"<(/?)answer>", re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # "The final answer is $7$.", "Answer: (B)", "the answer is B. 12"
 _ANSWER_IS = re.compile(
@@ -21,34 +21,51 @@ _ANSWER_IS = re.compile(
 )
 
 
-def matching_brace(text: str, open_idx: int) -> int:
-    """Index of the '}' that closes the '{' at open_idx, or -1 when unbalanced."""
-    depth = 0
-    i = open_idx
-    n = len(text)
+def _brace_matches(text: str) -> dict[int, int]:
+    """Index of each '{' -> index of its '}', in one pass (escaped \\{ \\} do not count)."""
+    matches: dict[int, int] = {}
+    stack: list[int] = []
+    i, n = 0, len(text)
     while i < n:
         c = text[i]
         if c == "\\" and i + 1 < n and text[i + 1] in "{}":
-            i += 2  # an escaped brace (\{ set delimiters) does not nest
+            i += 2
             continue
         if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
+            stack.append(i)
+        elif c == "}" and stack:
+            matches[stack.pop()] = i
         i += 1
-    return -1
+    return matches
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last complete \\boxed{...} (nested braces allowed)."""
+    """Content of the last complete \\boxed{...} (nested braces allowed).
+
+    One pass over the text, not one scan per \\boxed: `\\boxed{` repeated 10^5 times unclosed
+    must stay linear.
+    """
     starts = [m.end() - 1 for m in _BOXED.finditer(text)]
+    if not starts:
+        return None
+    matches = _brace_matches(text)
     for open_idx in reversed(starts):
-        close = matching_brace(text, open_idx)
-        if close != -1:
+        close = matches.get(open_idx)
+        if close is not None:
             return text[open_idx + 1 : close]
     return None
+
+
+def _last_answer_block(text: str) -> str | None:
+    """Content of the last complete <answer>...</answer> block (tags found in one pass)."""
+    last_open, block = None, None
+    for m in _TAG_RE.finditer(text):
+        if not m.group(1):
+            last_open = m.end()
+        elif last_open is not None:
+            block = text[last_open : m.start()]
+            last_open = None
+    return block
 
 
 def _answer_is(text: str) -> str | None:
@@ -56,7 +73,7 @@ def _answer_is(text: str) -> str | None:
     if not matches:
         return None
     rest = text[matches[-1].end() :]
-    line = rest.split("\n", 1)[0].strip()
+    line = rest[:2000].split("\n", 1)[0].strip()
     # A sentence after the answer ("... is 5. We are done") is not part of it; but keep
     # decimals ("is 2.5") and option labels ("is B. 12") intact.
     line = re.sub(r"(?<=[^\s.])\.\s+[A-Z].*$", "", line) if not re.match(r"^\(?[A-J]\)?\.", line) else line
@@ -70,9 +87,8 @@ def extract_answer(completion: str) -> str | None:
     if not isinstance(completion, str) or not completion:
         return None
     text = completion[-MAX_SEARCH_CHARS:]
-    blocks = _ANSWER_BLOCK.findall(text)
-    if blocks:
-        content = blocks[-1]
+    content = _last_answer_block(text)
+    if content is not None:
         inner = last_boxed(content)
         if inner is not None:
             content = inner

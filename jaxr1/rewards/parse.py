@@ -375,6 +375,8 @@ class _Parser:
         else:
             value = _FUNCS[name](arg)
         value = bounds.check(value)
+        if bounds.exp_height(value) > bounds.MAX_EXP_HEIGHT:
+            raise bounds.TooLarge("tower of exponentials")
         if power is not None:
             value = bounds.pow_(value, power)
         return value

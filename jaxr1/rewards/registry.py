@@ -86,7 +86,8 @@ def parse_reward_specs(config: Any) -> list[RewardSpec]:
     """Normalize the ways a config can name rewards into [(name, weight, kwargs)].
 
     Accepted: {"accuracy": 1.0, "format": 0.5}; {"iou": {"weight": 1, "threshold": 0.7}};
-    [("accuracy", 1.0, {}), ...]; [{"name": "iou", "weight": 1.0, "kwargs": {...}}, "format"].
+    [("accuracy", 1.0, {}), ...]; [{"name": "iou", "weight": 1.0, "kwargs": {...}}, "format"];
+    objects with .name/.weight/.kwargs (the config's RewardSpec).
     Every name is resolved now, so a typo fails at start-up rather than at the first batch.
     """
     specs: list[RewardSpec] = []
@@ -103,6 +104,8 @@ def parse_reward_specs(config: Any) -> list[RewardSpec]:
         for item in config:
             if isinstance(item, str):
                 specs.append((item, 1.0, {}))
+            elif hasattr(item, "name") and hasattr(item, "weight"):  # jaxr1.config.RewardSpec
+                specs.append((str(item.name), float(item.weight), dict(getattr(item, "kwargs", None) or {})))
             elif isinstance(item, Mapping):
                 specs.append((str(item["name"]), float(item.get("weight", 1.0)), dict(item.get("kwargs") or {})))
             else:

@@ -59,6 +59,13 @@ def compare_answers(pred: str, gold: str) -> Outcome:
     return Outcome(False, PARSE_FAILURE if p_node is None and g_node is not None else OK)
 
 
+def _options(choices) -> list[str] | None:
+    """Option texts without their labels; over-long options are left out (never matched)."""
+    if not choices:
+        return None
+    return [strip_label(str(c)) if len(str(c)) <= MAX_ANSWER_CHARS else "" for c in list(choices)[:26]]
+
+
 def _option_index(text: str, options: list[str]) -> int | None:
     """The one option whose text equals text (None if none or several do)."""
     hits = [i for i, opt in enumerate(options) if opt and compare_answers(text, opt).correct]
@@ -100,8 +107,9 @@ def check(prediction: str, gold: str, choices: list[str] | None = None) -> Outco
             return Outcome(False, NO_ANSWER)
         if len(pred) > MAX_ANSWER_CHARS:
             return Outcome(False, TOO_LONG)
-        options = [strip_label(str(c)) for c in choices] if choices else None
-        mc = _multiple_choice(pred, gold_answer, options)
+        if len(gold_answer) > MAX_ANSWER_CHARS:  # every later step assumes short strings
+            return Outcome(pred.strip() == gold_answer.strip())
+        mc = _multiple_choice(pred, gold_answer, _options(choices))
         if mc is not None:
             return mc
         return compare_answers(pred, gold_answer)
@@ -117,10 +125,9 @@ def check_choice(prediction: str, gold: str, choices: list[str] | None = None) -
         pred, gold_answer = unwrap(prediction[:MAX_INPUT_CHARS]), unwrap(gold[:MAX_INPUT_CHARS])
         if not pred:
             return Outcome(False, NO_ANSWER) if choice_letter(gold_answer) else None
-        if len(pred) > MAX_ANSWER_CHARS:
+        if len(pred) > MAX_ANSWER_CHARS or len(gold_answer) > MAX_ANSWER_CHARS:
             return Outcome(False, TOO_LONG)
-        options = [strip_label(str(c)) for c in choices] if choices else None
-        return _multiple_choice(pred, gold_answer, options)
+        return _multiple_choice(pred, gold_answer, _options(choices))
     except Exception:  # noqa: BLE001 - untrusted input must never crash the training loop
         return Outcome(False, ERROR)
 
