@@ -50,3 +50,49 @@ def load_model(ckpt_dir: str, dtype: str | None = None) -> Qwen2_5_VL:
     nnx.replace_by_pure_dict(abstract, restored)
     nnx.update(model, abstract)
     return model
+
+
+class TrainCheckpointer:
+    """Training state under `<run_dir>/checkpoints/<step>/`: parameters + optimizer state (orbax, async, written
+    by all hosts) and a JSON item (step, data iterator state, counters). orbax writes each step to a temporary
+    directory and renames it when complete, so a crash mid-save leaves the previous step intact; a step that
+    fails to restore (corrupted) is reported and the one before it is used."""
+
+    def __init__(self, run_dir: str, *, keep: int = 2, async_save: bool = True):
+        self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                                                 enable_async_checkpointing=async_save,
+                                                                 cleanup_tmp_directories=True))
+
+    def save(self, step: int, state, meta: dict, *, force: bool = False) -> None:
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)), force=force)
+
+    def restore_latest(self, abstract_state) -> tuple[int, object, dict] | None:
+        """(step, state, meta) of the newest restorable step, or None when there is none."""
+        import logging
+        log = logging.getLogger("jaxr1.checkpoint")
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                out = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                return step, out["state"], out["meta"]
+            except Exception as e:  # corrupted or partial: fall back to the previous step
+                log.warning("checkpoint step %d in %s cannot be restored (%s: %s); trying the previous one",
+                            step, self.directory, type(e).__name__, str(e)[:300])
+        return None
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every host once the runtime has a preemption notice (TPU maintenance / SIGTERM sync point)."""
+        try:
+            return bool(self.manager.reached_preemption(step))
+        except Exception:
+            return False
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

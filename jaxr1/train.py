@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     scorer = RewardScorer([(r.name, r.weight, r.kwargs) for r in cfg.rewards.functions],
                           num_workers=cfg.rewards.num_workers, timeout_s=cfg.rewards.timeout_s)
     names = [r.name for r in cfg.rewards.functions]
+    # Held-out accuracy is always the verifier's, whatever the training rewards are.
+    eval_scorer = RewardScorer([("accuracy", 1.0, {})], num_workers=cfg.rewards.num_workers,
+                               timeout_s=cfg.rewards.timeout_s) if eval_batches else None
     runlog = RunLog(run_dir, is_main)
 
     def run_eval(tag: str) -> dict:
@@ -154,13 +157,42 @@ def main(argv: list[str] | None = None) -> int:
         t = time.time()
         m = evaluate(learner.model(cfg.model.compute_dtype), eval_batches, tokenizer, eos_token_ids=eos,
                      max_new_tokens=cfg.eval.max_new_tokens, num_samples=cfg.eval.num_samples,
-                     temperature=cfg.eval.temperature, scorer=scorer,
+                     temperature=cfg.eval.temperature, scorer=eval_scorer,
                      out_path=os.path.join(run_dir, f"eval_{tag}.jsonl") if is_main else None)
         log.info("eval %s: accuracy %.3f on %d held-out rows (%.0fs)", tag, m["accuracy"], m["num_rows"],
                  time.time() - t)
         return m
 
-    before = run_eval("before")
+    # --- resume: the newest restorable checkpoint of this run directory, if any
+    from jaxr1.checkpointing import TrainCheckpointer
+    ckpt = TrainCheckpointer(run_dir, keep=cfg.keep_checkpoints)
+    start_step, before = 1, {}
+    restored = ckpt.restore_latest({"params": learner.params, "opt_state": learner.opt_state})
+    if restored is not None:
+        last, state, meta = restored
+        learner.params, learner.opt_state = state["params"], state["opt_state"]
+        learner.skipped_updates = int(meta.get("skipped_updates", 0))
+        data_iter.set_state(meta["data"])
+        before, start_step = meta.get("eval_before", {}), last + 1
+        log.info("resumed from %s step %d", ckpt.directory, last)
+    else:
+        before = run_eval("before")
+
+    def save(step: int, force: bool = False) -> None:
+        ckpt.save(step, {"params": learner.params, "opt_state": learner.opt_state},
+                  {"step": step, "data": data_iter.get_state(), "skipped_updates": learner.skipped_updates,
+                   "eval_before": before}, force=force)
+
+    # Preemption (SIGTERM from a scheduler, Ctrl-C): finish the step, save, exit 0; the same command resumes.
+    import signal
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+        log.warning("signal %d: saving at the end of this step, then exiting", signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
 
     # --- train loop
     from tqdm import tqdm
@@ -170,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     from jaxr1.sampling import STOP_LENGTH, generate
     G, Tc = cfg.rl.num_generations, cfg.rl.max_completion_length
     n_mb = cfg.data.batch_size // cfg.rl.micro_batch_prompts if cfg.rl.micro_batch_prompts else 1
-    bar = tqdm(range(1, cfg.steps + 1), desc="grpo", disable=not is_main, dynamic_ncols=True)
+    bar = tqdm(range(start_step, cfg.steps + 1), desc="grpo", disable=not is_main, dynamic_ncols=True,
+               initial=start_step - 1, total=cfg.steps)
     for step in bar:
         t0 = time.time()
         batch = next(data_iter)
@@ -251,12 +284,26 @@ def main(argv: list[str] | None = None) -> int:
                         len=f"{metrics['completion/length_mean']:.0f}")
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.steps:
             runlog.scalars(step, {f"eval/{k}": x for k, x in run_eval(f"step{step}").items()})
+        if stop["signal"] is not None or ckpt.reached_preemption(step):
+            save(step, force=True)
+            ckpt.close()
+            for sc in (scorer, eval_scorer):
+                sc and sc.close()
+            runlog.close()
+            log.warning("preempted: saved step %d to %s; rerun the same command to resume", step, ckpt.directory)
+            return 0
+        if cfg.save_every and step % cfg.save_every == 0:
+            save(step)
 
     # --- evaluate, save, export
+    if start_step <= cfg.steps and ckpt.manager.latest_step() != cfg.steps:
+        save(cfg.steps, force=True)
+    ckpt.close()
     after = run_eval("after")
     if after:
         runlog.scalars(cfg.steps, {f"eval/{k}": x for k, x in after.items()})
-    scorer.close()
+    for sc in (scorer, eval_scorer):
+        sc and sc.close()
     runlog.close()
     if is_main:
         from jaxr1.checkpointing import save_model
