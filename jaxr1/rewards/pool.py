@@ -14,6 +14,7 @@ import atexit
 import collections
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import threading
 import time
@@ -22,6 +23,7 @@ from multiprocessing.connection import wait
 from typing import Any, Callable
 
 STARTUP_TIMEOUT_S = 120.0
+MAX_CHUNK = 16
 
 
 @dataclass
@@ -44,15 +46,17 @@ def _worker_main(conn) -> None:
             return
         if msg is None:
             return
-        task_id, fn, args = msg
-        try:
-            out = (task_id, "ok", fn(*args))
-        except BaseException as e:  # noqa: BLE001 - report, never die on a bad task
-            out = (task_id, "error", f"{type(e).__name__}: {str(e)[:300]}")
-        try:
-            conn.send(out)
-        except Exception as e:  # unpicklable result
-            conn.send((task_id, "error", f"result not sendable: {type(e).__name__}"))
+        fn, chunk = msg
+        # One result message per item: the parent times each item from the previous reply.
+        for task_id, args in chunk:
+            try:
+                out = (task_id, "ok", fn(*args))
+            except BaseException as e:  # noqa: BLE001 - report, never die on a bad task
+                out = (task_id, "error", f"{type(e).__name__}: {str(e)[:300]}")
+            try:
+                conn.send(out)
+            except Exception as e:  # unpicklable result
+                conn.send((task_id, "error", f"result not sendable: {type(e).__name__}"))
 
 
 class _Worker:
@@ -63,8 +67,8 @@ class _Worker:
         child.close()
         self.started = time.monotonic()
         self.ready = False
-        self.task: int | None = None
-        self.deadline = 0.0
+        self.queue: collections.deque[int] = collections.deque()  # sent, not yet answered
+        self.deadline = 0.0  # for the item at the head of the queue
 
     def kill(self) -> None:
         try:
@@ -108,52 +112,66 @@ class WorkerPool:
     def _run(self, fn: Callable, args_list: list[tuple], timeout_s: float) -> list[TaskResult]:
         results: list[TaskResult | None] = [None] * len(args_list)
         pending = collections.deque(range(len(args_list)))
-        while pending or any(w.task is not None for w in self._workers):
+        while pending or any(w.queue for w in self._workers):
             now = time.monotonic()
             for i, w in enumerate(self._workers):
-                if w.task is not None and now > w.deadline:
-                    results[w.task] = TaskResult("timeout", error=f"exceeded {timeout_s:.3g}s")
+                if w.queue and now > w.deadline:
+                    results[w.queue.popleft()] = TaskResult("timeout", error=f"exceeded {timeout_s:.3g}s")
+                    pending.extendleft(reversed(w.queue))  # the rest of its chunk goes to others
                     self._replace(i)
             if pending and not any(w.ready for w in self._workers):
                 stuck = all(now - w.started > STARTUP_TIMEOUT_S for w in self._workers)
                 if stuck or self._start_failures > 3:
                     break  # workers cannot start at all; fail the remaining tasks below
             for w in self._workers:
-                if w.ready and w.task is None and pending:
-                    idx = pending.popleft()
-                    try:
-                        w.conn.send((idx, fn, args_list[idx]))
-                    except Exception as e:  # noqa: BLE001 - e.g. unpicklable arguments
-                        results[idx] = TaskResult("error", error=f"send failed: {type(e).__name__}: {e}")
-                        continue
-                    w.task, w.deadline = idx, time.monotonic() + timeout_s
-            deadlines = [w.deadline for w in self._workers if w.task is not None]
+                if w.ready and not w.queue and pending:
+                    self._send_chunk(w, fn, args_list, pending, results, timeout_s)
+            deadlines = [w.deadline for w in self._workers if w.queue]
             wake = min(deadlines) - time.monotonic() if deadlines else 0.5
-            conns = {w.conn: i for i, w in enumerate(self._workers) if w.task is not None or not w.ready}
+            conns = {w.conn: i for i, w in enumerate(self._workers) if w.queue or not w.ready}
             if not conns:
                 continue
             for conn in wait(list(conns), timeout=max(0.0, wake)):
-                i = conns[conn]
-                w = self._workers[i]
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):  # the worker died (e.g. out of memory)
-                    if w.task is not None:
-                        results[w.task] = TaskResult("error", error="worker died")
-                    self._start_failures += 0 if w.ready else 1
-                    self._replace(i)
-                    continue
-                if msg[0] == "ready":
-                    w.ready = True
-                    self._start_failures = 0
-                    continue
-                task_id, status, payload = msg
-                if task_id == w.task:
-                    results[task_id] = (
-                        TaskResult("ok", value=payload) if status == "ok" else TaskResult("error", error=payload)
-                    )
-                    w.task = None
+                self._receive(conns[conn], results, pending, timeout_s)
         return [r if r is not None else TaskResult("error", error="workers failed to start") for r in results]
+
+    def _send_chunk(self, w: _Worker, fn, args_list, pending, results, timeout_s) -> None:
+        # Chunks keep workers busy between replies; small enough to balance the tail of a batch.
+        size = max(1, min(MAX_CHUNK, len(pending) // (2 * self.num_workers)))
+        chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
+        try:
+            w.conn.send((fn, [(idx, args_list[idx]) for idx in chunk]))
+        except Exception:  # noqa: BLE001 - an unpicklable item; pickling fails before any write
+            for idx in reversed(chunk):
+                try:
+                    pickle.dumps(args_list[idx])
+                    pending.appendleft(idx)
+                except Exception as e:  # noqa: BLE001
+                    results[idx] = TaskResult("error", error=f"arguments not sendable: {type(e).__name__}")
+            return
+        w.queue.extend(chunk)
+        w.deadline = time.monotonic() + timeout_s
+
+    def _receive(self, i: int, results, pending, timeout_s) -> None:
+        w = self._workers[i]
+        try:
+            msg = w.conn.recv()
+        except (EOFError, OSError):  # the worker died (e.g. out of memory)
+            if w.queue:
+                results[w.queue.popleft()] = TaskResult("error", error="worker died")
+                pending.extendleft(reversed(w.queue))
+            self._start_failures += 0 if w.ready else 1
+            self._replace(i)
+            return
+        if msg[0] == "ready":
+            w.ready = True
+            self._start_failures = 0
+            return
+        task_id, status, payload = msg
+        if w.queue and task_id == w.queue[0]:
+            w.queue.popleft()
+            results[task_id] = TaskResult("ok", value=payload) if status == "ok" else TaskResult("error", error=payload)
+            w.deadline = time.monotonic() + timeout_s  # the next item starts now
 
     def close(self) -> None:
         with self._lock:
