@@ -15,7 +15,7 @@ _PREFIX_RE = re.compile(
 )
 # The letter itself, then the end, a label mark, or a space before the option text
 # ('A triangle...' is a sentence, not option A).
-_LETTER_RE = re.compile(r"^(?:\(([A-Ja-j])\)|\[([A-J])\]|([A-J]))(?=$|[.):：,]|\s+(?![a-z]))")
+_LETTER_RE = re.compile(r"^(?:\(([A-Ja-j])\)|\[([A-J])\]|([A-J])(?=$|[.):：,]|\s+(?![a-z])))")
 _SECOND_LETTER_RE = re.compile(r"^\s*(?:,|/|&|\bor\b|\band\b)\s*\(?[A-J]\)?(?![A-Za-z])", re.IGNORECASE)
 _SUFFIX_RE = re.compile(r"\s+is\s+(?:the\s+)?(?:correct|right|answer|correct\s+answer)\W*$", re.IGNORECASE)
 _LABEL_RE = re.compile(r"^\s*\(?([A-Ja-j])\)?\s*[.):：]\s*")
@@ -34,6 +34,8 @@ def choice_letter(text: str) -> str | None:
     letter = next(g for g in m.groups() if g)
     if _SECOND_LETTER_RE.match(s[m.end() :]):
         return None
+    if len(set(re.findall(r"\(([A-J])\)", s))) > 1:
+        return None  # an option list copied out ("(A) 5 (B) 6") names no single option
     return letter.upper()
 
 

@@ -68,9 +68,10 @@ _UNIT_WORDS = (
 )
 # Single letters are units only when set apart (a space or \text{}): "5 m" but not "5m".
 _SHORT_UNITS = {"m", "g", "s", "h", "l", "L", "t", "in"}
-_TEXT_UNIT_RE = re.compile(r"^\s*(?:" + _UNIT_WORDS + r")\s*(?:\^\s*\{?\s*[23]\s*\}?)?\s*$")
+_AREA = r"(?:(?:square|sq\.?|cubic)\s+)?"  # "120 square feet"
+_TEXT_UNIT_RE = re.compile(r"^\s*" + _AREA + "(?:" + _UNIT_WORDS + r")\s*(?:\^\s*\{?\s*[23]\s*\}?)?\s*$")
 _TRAILING_UNIT_RE = re.compile(
-    r"(?<=[\d}\)\s.])\s*(?:\\,)?\s*(" + _UNIT_WORDS + r")(?:\s*\^\s*\{?\s*[23]\s*\}?)?\s*\.?\s*$"
+    r"(?<=[\d}\)\s.])\s*(?:\\,)?\s*" + _AREA + "(" + _UNIT_WORDS + r")(?:\s*\^\s*\{?\s*[23]\s*\}?)?\s*\.?\s*$"
 )
 _THOUSANDS_RE = re.compile(r"(?<![\d.,])(\d{1,3})((?:,\d{3})+)(?![\d,]|\.\d*,)")
 _THOUSANDS_SPACE_RE = re.compile(r"(?<![\d.])(\d{1,3})((?:\s\d{3})+)(?![\d.])")
