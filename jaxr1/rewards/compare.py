@@ -13,16 +13,25 @@ Tolerance rules (stated here because the reward depends on them):
 
 from __future__ import annotations
 
+import random
+
 import sympy
 
 from jaxr1.rewards.structure import Equation, Node, Relation, Scalar, Seq
 
 REL_TOL = 1e-12
 SYMBOLIC_TOL = 1e-9
-_POINTS = (
-    sympy.Rational(7311, 10000), sympy.Rational(-12297, 10000), sympy.Rational(21389, 10000),
-    sympy.Rational(3817, 10000), sympy.Rational(-5523, 10000), sympy.Rational(16619, 10000),
-)
+NUM_POINTS = 6
+
+
+def _point(k: int, symbols: list) -> dict:
+    """The k-th test point: fixed 'generic' values, distinct per symbol, of both signs."""
+    rng = random.Random(1_000_003 * k + 7)
+    point = {}
+    for j, s in enumerate(symbols):
+        value = sympy.Rational(rng.randint(2_000, 25_000), 10_000)  # |v| in [0.2, 2.5]
+        point[s] = -value if (k + j) % 3 == 0 else value
+    return point
 
 
 def _num(e: sympy.Expr) -> complex | None:
@@ -64,17 +73,17 @@ def _rounds_to(decimal: tuple[int, int], dec_value: sympy.Expr, exact: sympy.Exp
     scaled = exact * sympy.Integer(10) ** places
     if scaled.is_Integer:
         return False  # the exact value has a finite form with this many places; must be equal
-    v = _num(exact)
-    if v is None or abs(v.imag) > 0:
+    v = _num(exact - dec_value)
+    if v is None or v.imag != 0:
         return False
-    return abs(v.real - float(dec_value)) <= 0.5 * 10.0**-places * (1 + 1e-9)
+    return abs(v.real) <= 0.5 * 10.0**-places * (1 + 1e-9)
 
 
 def _symbolic_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
     symbols = sorted(a.free_symbols | b.free_symbols, key=lambda s: s.name)
     agree = 0
-    for k in range(len(_POINTS)):
-        point = {s: _POINTS[(k + 2 * j) % len(_POINTS)] for j, s in enumerate(symbols)}
+    for k in range(NUM_POINTS):
+        point = _point(k, symbols)
         va, vb = _num(a.xreplace(point)), _num(b.xreplace(point))
         if va is None and vb is None:
             continue
@@ -135,8 +144,8 @@ def _equations_equal(g: Equation, p: Equation) -> bool:
         return False
     ratio_points = []
     symbols = sorted(d1.free_symbols, key=lambda s: s.name)
-    for k in range(len(_POINTS)):
-        point = {s: _POINTS[(k + 2 * j) % len(_POINTS)] for j, s in enumerate(symbols)}
+    for k in range(NUM_POINTS):
+        point = _point(k, symbols)
         v1, v2 = _num(d1.xreplace(point)), _num(d2.xreplace(point))
         if v1 is None or v2 is None or abs(v2) < 1e-12:
             continue
@@ -202,5 +211,5 @@ def nodes_equal(g: Node, p: Node) -> bool:
     if isinstance(g, Seq) and isinstance(p, Seq):
         return _seqs_equal(g, p)
     if isinstance(g, Relation) and isinstance(p, Relation):
-        return g.ops == p.ops and all(exprs_equal(a, b) for a, b in zip(g.parts, p.parts))
+        return g.ops == p.ops and all(exprs_equal(a, b) for a, b in zip(g.parts, p.parts, strict=True))
     return False

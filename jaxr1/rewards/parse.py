@@ -100,17 +100,12 @@ class _Parser:
         self.last_frac_ints = False
 
     # -- token helpers ---------------------------------------------------------------
-    def peek(self, k: int = 0) -> Tok | None:
-        j = self.i + k
-        return self.toks[j] if j < len(self.toks) else None
+    def peek(self) -> Tok | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
 
-    def is_sym(self, text: str, k: int = 0) -> bool:
-        t = self.peek(k)
-        return t is not None and t.kind == "sym" and t.text == text
-
-    def is_cmd(self, text: str) -> bool:
+    def is_sym(self, text: str) -> bool:
         t = self.peek()
-        return t is not None and t.kind == "cmd" and t.text == text
+        return t is not None and t.kind == "sym" and t.text == text
 
     def take(self) -> Tok:
         t = self.peek()
@@ -312,7 +307,7 @@ class _Parser:
     def frac_arg(self) -> sympy.Expr:
         """An argument of \\frac, \\sqrt or \\binom: {group}, or one character (\\frac12)."""
         t = self.peek()
-        if t is not None and t.kind == "num" and not self.is_sym("{"):
+        if t is not None and t.kind == "num":
             self.take()
             if len(t.text) > 1:  # \frac12: only the first digit belongs to this argument
                 self.toks.insert(self.i, Tok("num", t.text[1:]))
@@ -365,7 +360,8 @@ class _Parser:
             # \sin 2x means sin(2x): the argument runs over plain factors.
             arg = self.power()
             while (t := self.peek()) is not None and (
-                (t.kind == "word" and len(t.text) == 1) or (t.kind == "cmd" and t.text[1:] in _GREEK | {"pi"})
+                (t.kind == "word" and len(t.text) == 1)
+                or (t.kind == "cmd" and (t.text[1:] in _GREEK or t.text == "\\pi"))
             ):
                 arg = bounds.mul(arg, self.power())
         if name == "log" and base is not None:

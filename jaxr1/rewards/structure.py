@@ -46,7 +46,6 @@ class Seq:
 
 Node = Scalar | Equation | Relation | Seq
 
-_OPEN = {"(": ")", "[": "]", "\\{": "\\}", "{": "}"}
 _SEPARATORS = re.compile(r"\s*(?:,|;|\bor\b|\band\b)\s*")
 _REL_RE = re.compile(r"\\le(?![a-zA-Z])|\\ge(?![a-zA-Z])|\\lt(?![a-zA-Z])|\\gt(?![a-zA-Z])|<=|>=|<|>")
 _REL_NAMES = {"\\le": "<=", "\\ge": ">=", "\\lt": "<", "\\gt": ">", "<=": "<=", ">=": ">=", "<": "<", ">": ">"}
@@ -104,7 +103,7 @@ def _wrapped(s: str) -> tuple[str, str, str] | None:
     if close is None:
         return None
     for i, d in _depth_scan(s):
-        if d == 0 and i not in (0, len(s) - len(close)) and i > 0:
+        if d == 0 and i not in (0, len(s) - len(close)):
             return None  # the first bracket closes before the end: "(1)+(2)"
     return opener, s[len(opener) : len(s) - len(close)], close
 
@@ -142,6 +141,7 @@ def _interval(node: Node) -> Seq:
 def _item(s: str) -> Node:
     s = s.strip()
     s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)  # x \in [1, 2)
+    s = re.sub(r"^[A-Z]\s*(?=\([^()]*,[^()]*\)$)", "", s)  # the point A(1, 2)
     if s in ("\\emptyset", "\\varnothing", "\\{\\}", "\\{ \\}"):
         return Seq("set", ())
     w = _wrapped(s)
@@ -204,17 +204,21 @@ def _as_interval(exprs: tuple, ops: tuple) -> Seq | None:
             return None
         op = ops[0]
         if op in ("<", "<="):
-            return Seq("interval", (Scalar(-oo), Scalar(b)), "(" + ("]" if op == "<=" else ")"))
-        return Seq("interval", (Scalar(b), Scalar(oo)), ("[" if op == ">=" else "(") + ")")
+            return Seq("interval", (Scalar(-oo), Scalar(b)), _brackets(False, op == "<="))
+        return Seq("interval", (Scalar(b), Scalar(oo)), _brackets(op == ">=", False))
     if len(exprs) == 3 and isinstance(exprs[1], sympy.Symbol):
         lo, hi = exprs[0], exprs[2]
         if lo.free_symbols or hi.free_symbols:
             return None
         if all(o in ("<", "<=") for o in ops):
-            return Seq("interval", (Scalar(lo), Scalar(hi)), ("[" if ops[0] == "<=" else "(") + ("]" if ops[1] == "<=" else ")"))
+            return Seq("interval", (Scalar(lo), Scalar(hi)), _brackets(ops[0] == "<=", ops[1] == "<="))
         if all(o in (">", ">=") for o in ops):
-            return Seq("interval", (Scalar(hi), Scalar(lo)), ("[" if ops[1] == ">=" else "(") + ("]" if ops[0] == ">=" else ")"))
+            return Seq("interval", (Scalar(hi), Scalar(lo)), _brackets(ops[1] == ">=", ops[0] == ">="))
     return None
+
+
+def _brackets(left_closed: bool, right_closed: bool) -> str:
+    return ("[" if left_closed else "(") + ("]" if right_closed else ")")
 
 
 def _scalar(s: str) -> Scalar:
