@@ -60,7 +60,8 @@ def main() -> None:
     print(f"mean completion length: {np.mean([len(c) for c in comps]):.0f} chars")
 
     with RewardScorer(specs, num_workers=args.workers, timeout_s=args.timeout) as scorer:
-        scorer.submit(comps[:50], exs[:50], **{k: (v[:50] if k == "completion_lengths" else v) for k, v in ctx.items()}).result()
+        warm = {"completion_lengths": lengths[:50], "max_completion_length": ctx["max_completion_length"]}
+        scorer.submit(comps[:50], exs[:50], **warm).result()
         times = []
         for r in range(args.repeats):
             start = time.perf_counter()

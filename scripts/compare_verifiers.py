@@ -5,7 +5,8 @@
 Both verifiers run in the same spawn worker pool with a per-case wall-clock timeout (math-verify's
 own SIGALRM timeouts are disabled: they only work in a main thread). A timeout counts as a wrong
 answer. math-verify gets the same strings (bare answers wrapped in $...$, see math_verify_input);
-it has no notion of answer options, so `choices` are passed to jaxr1 only. Exits 1 if jaxr1 is less accurate than math-verify on any category.
+it has no notion of answer options, so `choices` are passed to jaxr1 only.
+Exits 1 if jaxr1 is less accurate than math-verify on any category.
 """
 
 from __future__ import annotations

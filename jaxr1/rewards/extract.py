@@ -76,7 +76,8 @@ def _answer_is(text: str) -> str | None:
     line = rest[:2000].split("\n", 1)[0].strip()
     # A sentence after the answer ("... is 5. We are done") is not part of it; but keep
     # decimals ("is 2.5") and option labels ("is B. 12") intact.
-    line = re.sub(r"(?<=[^\s.])\.\s+[A-Z].*$", "", line) if not re.match(r"^\(?[A-J]\)?\.", line) else line
+    if not re.match(r"^\(?[A-J]\)?\.", line):
+        line = re.sub(r"(?<=[^\s.])\.\s+[A-Z].*$", "", line)
     line = line.strip().rstrip(".").strip()
     line = re.sub(r"^\*\*|\*\*$", "", line).strip()
     return line or None

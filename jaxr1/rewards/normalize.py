@@ -14,7 +14,8 @@ _UNICODE = {
     "\u00b0": "°", "\u00b2": "^2", "\u00b3": "^3", "\u2264": r"\le ", "\u2265": r"\ge ",
     "\u2260": r"\ne ", "\u222a": r"\cup ", "\u2229": r"\cap ", "\uff0c": ",", "\uff1a": ":",
     "\uff08": "(", "\uff09": ")", "\u00bd": "(1/2)", "\u00bc": "(1/4)", "\u00be": "(3/4)",
-    "\u2032": "'", "\u00b1": r"\pm ", "\u2213": r"\mp ", "\u2208": r"\in ", "\u2205": r"\emptyset ", "\u00a0": " ", "\u2009": " ",
+    "\u2032": "'", "\u00b1": r"\pm ", "\u2213": r"\mp ", "\u2208": r"\in ", "\u2205": r"\emptyset ",
+    "\u00a0": " ", "\u2009": " ",
     "\u202f": " ", "\u2248": "=",
 }
 _UNICODE_RE = re.compile("|".join(re.escape(k) for k in _UNICODE))
@@ -71,7 +72,8 @@ _SHORT_UNITS = {"m", "g", "s", "h", "l", "L", "t", "in"}
 _AREA = r"(?:(?:square|sq\.?|cubic)\s+)?"  # "120 square feet"
 _TEXT_UNIT_RE = re.compile(r"^\s*" + _AREA + "(?:" + _UNIT_WORDS + r")\s*(?:\^\s*\{?\s*[23]\s*\}?)?\s*$")
 _TRAILING_UNIT_RE = re.compile(
-    r"(?<=[\d}\)\s.])\s*(?:\\,)?\s*" + _AREA + "(" + _UNIT_WORDS + r")(?:\s*\^\s*\{?\s*[23]\s*\}?)?\s*\.?\s*$"
+    r"(?<=[\d}\)\s.])\s*(?:\\,)?\s*" + _AREA
+    + "(" + _UNIT_WORDS + r")(?:\s*\^\s*\{?\s*[23]\s*\}?)?\s*\.?\s*$"
 )
 _THOUSANDS_RE = re.compile(r"(?<![\d.,])(\d{1,3})((?:,\d{3})+)(?![\d,]|\.\d*,)")
 _THOUSANDS_SPACE_RE = re.compile(r"(?<![\d.])(\d{1,3})((?:\s\d{3})+)(?![\d.])")

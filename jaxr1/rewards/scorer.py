@@ -92,7 +92,8 @@ class RewardScorer:
         for name, _, kw in self.specs:
             if name in self._inline:
                 fn_stats: Counter = Counter()
-                per_fn[name] = call_reward_fn(self._inline[name], completions, examples, kw, {**ctx, "stats": fn_stats})
+                fn, fn_ctx = self._inline[name], {**ctx, "stats": fn_stats}
+                per_fn[name] = call_reward_fn(fn, completions, examples, kw, fn_ctx)
                 _merge(stats, name, fn_stats)
             elif not n:
                 per_fn[name] = np.zeros(0, dtype=np.float32)

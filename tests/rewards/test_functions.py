@@ -137,7 +137,9 @@ def test_iou_threshold_and_continuous():
 
 def test_overlong_reward_dapo_shape():
     lengths = np.array([10, 96, 97, 112, 128, 129])
-    out = overlong_reward([""] * 6, [{}] * 6, completion_lengths=lengths, max_completion_length=128, soft_cache_length=32)
+    out = overlong_reward(
+        [""] * 6, [{}] * 6, completion_lengths=lengths, max_completion_length=128, soft_cache_length=32
+    )
     _check_array(out, 6)
     np.testing.assert_allclose(out, [0, 0, -1 / 32, -0.5, -1, -1])
     default = overlong_reward([""], [{}], completion_lengths=[120], max_completion_length=128)  # cache = 32

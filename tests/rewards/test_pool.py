@@ -72,7 +72,8 @@ def test_scorer_weights_stats_and_timeouts():
     np.testing.assert_allclose(pf["overlong"], [0, 0, -0.75, -1])
     assert pf["tests.rewards.helpers:hanging_reward"].tolist() == [1, 1, 0, 1]  # the hung item scores 0
     assert pf["tests.rewards.helpers:positional_only_reward"].tolist() == [0.25] * 4
-    expected_total = 0.5 * pf["format"] + pf["accuracy"] + pf["overlong"] + 2 * pf["tests.rewards.helpers:hanging_reward"] + 0.25
+    hanging = pf["tests.rewards.helpers:hanging_reward"]
+    expected_total = 0.5 * pf["format"] + pf["accuracy"] + pf["overlong"] + 2 * hanging + 0.25
     np.testing.assert_allclose(result.total, expected_total, rtol=1e-6)
     assert result.stats["timeouts"] == 1
     assert result.stats["tests.rewards.helpers:hanging_reward/timeouts"] == 1

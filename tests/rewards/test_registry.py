@@ -42,7 +42,8 @@ def test_parse_reward_specs_forms():
     expected = [("accuracy", 1.0, {}), ("iou", 2.0, {"threshold": 0.7})]
     assert parse_reward_specs({"accuracy": 1.0, "iou": {"weight": 2.0, "threshold": 0.7}}) == expected
     assert parse_reward_specs([("accuracy", 1.0), ("iou", 2.0, {"threshold": 0.7})]) == expected
-    assert parse_reward_specs([{"name": "accuracy"}, {"name": "iou", "weight": 2, "kwargs": {"threshold": 0.7}}]) == expected
+    as_dicts = [{"name": "accuracy"}, {"name": "iou", "weight": 2, "kwargs": {"threshold": 0.7}}]
+    assert parse_reward_specs(as_dicts) == expected
     assert parse_reward_specs([_Spec("accuracy"), _Spec("iou", 2.0, {"threshold": 0.7})]) == expected
     assert parse_reward_specs(["format"]) == [("format", 1.0, {})]
     with pytest.raises(RewardFunctionError):

@@ -48,7 +48,8 @@ def test_pathological_inputs_score_zero_fast(text):
 def test_pathological_inputs_through_the_scorer():
     with RewardScorer([("accuracy", 1.0, {})], num_workers=2, timeout_s=5.0) as scorer:
         start = time.perf_counter()
-        result = scorer.submit([f"<answer>{t}</answer>" for t in PATHOLOGICAL], [{"answer": "1"}] * len(PATHOLOGICAL)).result()
+        comps = [f"<answer>{t}</answer>" for t in PATHOLOGICAL]
+        result = scorer.submit(comps, [{"answer": "1"}] * len(comps)).result()
         elapsed = time.perf_counter() - start
     assert result.total.tolist() == [0.0] * len(PATHOLOGICAL)
     assert elapsed < 60.0
