@@ -92,8 +92,7 @@ class RewardScorer:
         for name, _, kw in self.specs:
             if name in self._inline:
                 fn_stats: Counter = Counter()
-                fn, fn_ctx = self._inline[name], {**ctx, "stats": fn_stats}
-                per_fn[name] = call_reward_fn(fn, completions, examples, kw, fn_ctx)
+                per_fn[name] = _call_inline(self._inline[name], completions, examples, kw, ctx, fn_stats)
                 _merge(stats, name, fn_stats)
             elif not n:
                 per_fn[name] = np.zeros(0, dtype=np.float32)
@@ -112,13 +111,21 @@ class RewardScorer:
         for k, (name, _) in enumerate(pooled):
             values = np.zeros(n, dtype=np.float32)
             fn_stats: Counter = Counter()
+            errors = []
             for i in range(n):
                 r = results[k * n + i]
                 if r.status == "ok":
                     values[i] = r.value[0]
                     fn_stats.update(r.value[1])
+                elif r.status == "timeout":
+                    fn_stats["timeouts"] += 1
                 else:
-                    fn_stats["timeouts" if r.status == "timeout" else "errors"] += 1
+                    fn_stats["errors"] += 1
+                    errors.append(r.error)
+            if len(errors) == n:
+                # Every item failing is a broken function or config, not bad model output:
+                # say so rather than train on silent zeros.
+                raise RuntimeError(f"reward function {name!r} failed on every completion: {errors[0]}")
             out[name] = values
             _merge(stats, name, fn_stats)
         return out
@@ -133,6 +140,28 @@ class RewardScorer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _call_inline(fn, completions: list, examples: list, kwargs: dict, ctx: dict, stats: Counter) -> np.ndarray:
+    """A batch call; if it raises, item by item so one bad example scores 0 (counted) alone."""
+    try:
+        return call_reward_fn(fn, completions, examples, kwargs, {**ctx, "stats": stats})
+    except Exception:
+        if len(completions) <= 1:
+            raise
+    n = len(completions)
+    values = np.zeros(n, dtype=np.float32)
+    failures = []
+    for i in range(n):
+        item_ctx = {**_slice_ctx(ctx, i, n), "stats": stats}
+        try:
+            values[i] = call_reward_fn(fn, completions[i : i + 1], examples[i : i + 1], kwargs, item_ctx)[0]
+        except Exception as e:  # noqa: BLE001 - counted; all failing re-raises below
+            failures.append(e)
+    if len(failures) == n:
+        raise failures[0]
+    stats["errors"] += len(failures)
+    return values
 
 
 def _merge(total: Counter, name: str, fn_stats: Counter) -> None:

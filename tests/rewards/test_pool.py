@@ -91,3 +91,24 @@ def test_scorer_from_another_thread():
     t.start()
     t.join(120)
     assert out["r"].total.tolist() == [1.0]
+
+
+def test_scorer_isolates_one_bad_example_but_raises_on_broken_config():
+    exs = [
+        {"bbox": [0, 0, 10, 10], "bbox_frame": "original"},
+        {"bbox": [0, 0, 10, 10], "bbox_frame": "resized"},  # no resized_size: cannot be mapped
+    ]
+    comps = ["<answer>[0, 0, 10, 10]</answer>"] * 2
+    with RewardScorer([("iou", 1.0, {}), ("overlong", 1.0, {})], num_workers=1) as scorer:
+        assert scorer.pool is None  # only inline functions: no worker processes
+        result = scorer.score(comps, exs, completion_lengths=[1, 1], max_completion_length=8)
+        assert result.per_function["iou"].tolist() == [1.0, 0.0]
+        assert result.stats["iou/errors"] == 1
+        with pytest.raises(ValueError, match="completion_lengths"):
+            scorer.score(comps, exs)  # overlong without its ctx: every item fails
+
+
+def test_scorer_raises_when_a_pooled_function_always_fails():
+    with RewardScorer([("tests.rewards.helpers:boom", 1.0, {})], num_workers=1, timeout_s=10.0) as scorer:
+        with pytest.raises(RuntimeError, match="failed on every completion"):
+            scorer.submit(["a", "b"], [{}, {}]).result(timeout=60)
