@@ -26,6 +26,11 @@ OK, NO_ANSWER, PARSE_FAILURE, TOO_LONG, ERROR, TIMEOUT = (
 )
 
 
+_STATED_RE = re.compile(
+    r"\b(?:is|are|equals|was|were)\s+(?:(?:about|approximately|roughly|exactly|equal\s+to)\s+)?", re.IGNORECASE
+)
+
+
 @dataclass(frozen=True)
 class Outcome:
     correct: bool
@@ -52,6 +57,8 @@ def compare_answers(pred: str, gold: str) -> Outcome:
     g_node = _parse(g)
     p_node = _parse(p) if len(p) <= MAX_ANSWER_CHARS else None
     if g_node is not None:
+        if p_node is None and len(p) <= MAX_ANSWER_CHARS:
+            p_node = _parse_stated_value(p)
         # A math gold needs a math prediction: text keys drop signs and brackets ("-1" vs "1-").
         if p_node is None:
             return Outcome(False, PARSE_FAILURE)
@@ -65,6 +72,14 @@ def _options(choices) -> list[str] | None:
     if not choices:
         return None
     return [strip_label(str(c)) if len(str(c)) <= MAX_ANSWER_CHARS else "" for c in list(choices)[:26]]
+
+
+def _parse_stated_value(pred: str):
+    """'The difference is 3' states 3: parse what follows the last 'is'/'are'/'equals'."""
+    matches = list(_STATED_RE.finditer(pred))
+    if not matches:
+        return None
+    return _parse(normalize_answer(pred[matches[-1].end() :]))
 
 
 def _option_index(text: str, options: list[str]) -> int | None:
