@@ -9,6 +9,13 @@ Tolerance rules (stated here because the reward depends on them):
   places (so 2.004 != 2); two decimals compare exactly (0.5 != 0.54);
 - expressions with symbols are compared at fixed pseudo-random points (no simplify(), which
   can run for minutes); they must agree at every point where both are defined.
+
+Order rules: tuples/points "(1, 2)" are ordered; sets "\\{...\\}", bare lists "1, 2", "x = 1 or
+x = 2" and unions of intervals are unordered (a perfect matching, so duplicates count); a
+two-item bracket may be an interval or a point, so its bracket types must agree; a set never
+equals a tuple; singletons equal their element. Equations: "x = 3" equals 3 when the left
+side is a name (or a label like "Area", "f(x)"), and two equations are equal when their
+differences are proportional ("y = 2x + 1" vs "2x - y + 1 = 0").
 """
 
 from __future__ import annotations

@@ -21,13 +21,11 @@ from jaxr1.rewards.structure import parse_answer
 MAX_ANSWER_CHARS = 1_000  # an extracted answer longer than this is not a final answer
 MAX_INPUT_CHARS = 4_000_000  # inputs beyond this are not even searched
 
-OK, NO_ANSWER, PARSE_FAILURE, TOO_LONG, ERROR, TIMEOUT = (
-    "ok", "no_answer", "parse_failure", "too_long", "error", "timeout",
-)
-
+OK, NO_ANSWER, PARSE_FAILURE, TOO_LONG, ERROR = "ok", "no_answer", "parse_failure", "too_long", "error"
 
 _STATED_RE = re.compile(
-    r"\b(?:is|are|equals|was|were)\s+(?:(?:about|approximately|roughly|exactly|equal\s+to)\s+)?", re.IGNORECASE
+    r"\b(?:is|are|equals|was|were)\s+(?:(?:about|approximately|roughly|exactly|equal\s+to)\s+)?",
+    re.IGNORECASE,
 )
 
 
