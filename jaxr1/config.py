@@ -95,6 +95,13 @@ class SFTConfig:
 
 
 @dataclasses.dataclass
+class ParallelConfig:
+    data: int = -1                        # -1: the devices left over by the other axes
+    fsdp: int = 1                         # splits parameters/optimizer state and the batch
+    tensor: int = 1                       # splits heads and MLP columns (must divide the attention heads)
+
+
+@dataclasses.dataclass
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(path="synthetic:counting"))
@@ -103,6 +110,7 @@ class Config:
     rewards: RewardsConfig = dataclasses.field(default_factory=RewardsConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     steps: int = 100
     seed: int = 0
     output_dir: str = "runs/default"

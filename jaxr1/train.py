@@ -125,8 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     from jaxr1.rl.learner import Learner, MicroBatch
     model, tokenizer, image_processor, model_dir = load_policy(cfg.model, cfg.data)
     log.info("model %s (%s params)", model_dir, f"{sum(x.size for x in jax.tree.leaves(model)):,}")
+    from jaxr1.parallel import MeshError, make_mesh, shard_batch
+    from jaxr1.parallel.rules import check_heads
+    try:
+        mesh = make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor)
+        check_heads(model.config, mesh)
+    except MeshError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
     learner = Learner(model, cfg.rl, cfg.optim, cfg.steps, compute_dtype=cfg.model.compute_dtype,
-                      remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision)
+                      remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision, mesh=mesh)
     del model
     # Frozen initial weights (a copy: the learner donates its own buffers); never built when beta=0.
     ref_params = jax.tree.map(lambda x: x.copy(), learner.params) if cfg.rl.beta > 0 else None
@@ -228,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         for c, chunk in enumerate(chunks):
             inputs, deltas = model_inputs(policy.config, chunk, patches_per_slot=patches_per_slot)
             rows = slice(c * per, (c + 1) * per)
-            mb = MicroBatch(inputs, deltas, tokens[rows], mask[rows], np.zeros(per, np.float32))
+            mb = shard_batch(MicroBatch(inputs, deltas, tokens[rows], mask[rows], np.zeros(per, np.float32)), mesh)
             mb.old_logprobs = learner.logprobs(learner.params, mb)
             if ref_params is not None:
                 mb.ref_logprobs = learner.logprobs(ref_params, mb)
@@ -242,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         adv, adv_stats = compute_advantages(cfg.rl.algorithm, total, G, **kw)
         adv = np.asarray(adv)
         for c, mb in enumerate(mbs):
-            mb.advantages = adv[c * per:(c + 1) * per]
+            mb.advantages = shard_batch(adv[c * per:(c + 1) * per], mesh)
         normalizer = compute_loss_normalizer(mask, cfg.rl.loss_aggregation)
         for _ in range(cfg.rl.num_iterations):
             train_metrics = learner.update(mbs, normalizer)

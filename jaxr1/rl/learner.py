@@ -57,8 +57,11 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, params, *, freeze_vision:
 
 class Learner:
     def __init__(self, model: Qwen2_5_VL, rl: RLConfig, optim: OptimConfig, total_steps: int, *,
-                 compute_dtype: str = "float32", remat: bool = False, freeze_vision: bool = False):
+                 compute_dtype: str = "float32", remat: bool = False, freeze_vision: bool = False, mesh=None):
         self.graphdef, self.params = nnx.split(model, nnx.Param)
+        if mesh is not None:  # optimizer moments are created from (and so sharded like) the parameters
+            from jaxr1.parallel import shard_params
+            self.params = shard_params(self.params, mesh)
         self.rl = rl
         self.compute_dtype = jnp.dtype(compute_dtype)
         self.remat, self.freeze_vision = remat, freeze_vision

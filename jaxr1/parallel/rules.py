@@ -1,0 +1,94 @@
+"""Which parameter dimension goes on which mesh axis: one table of (path regex -> per-dimension axes).
+
+Paths are the model's parameter paths joined with '/', e.g. `language_model/layers/q_kernel` ([L, D, H*hd]).
+Layer-stacked weights keep their leading layer axis unsharded. Column-parallel kernels put their output dim on
+`tensor` and their input dim on `fsdp`; row-parallel kernels the reverse, so a layer needs one all-reduce.
+A dimension that the axis size does not divide is replicated instead (logged); attention heads that the
+tensor axis does not divide are an error at start (they would split a head).
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxr1.parallel.mesh import BATCH_AXES, MeshError
+
+log = logging.getLogger("jaxr1.parallel")
+
+PARAM_RULES: list[tuple[str, tuple]] = [
+    (r"language_model/embed$", ("tensor", "fsdp")),                    # [V, D]
+    (r"language_model/lm_head$", ("fsdp", "tensor")),                  # [D, V]
+    (r"language_model/layers/[qkv]_kernel$", (None, "fsdp", "tensor")),
+    (r"language_model/layers/[qkv]_bias$", (None, "tensor")),
+    (r"language_model/layers/o_kernel$", (None, "tensor", "fsdp")),
+    (r"language_model/layers/(gate|up)_kernel$", (None, "fsdp", "tensor")),
+    (r"language_model/layers/down_kernel$", (None, "tensor", "fsdp")),
+    (r"visual/patch_embed$", (None, "fsdp")),
+    (r"visual/blocks/(gate|up)_kernel$", (None, "fsdp", "tensor")),
+    (r"visual/blocks/(gate|up)_bias$", (None, "tensor")),
+    (r"visual/blocks/down_kernel$", (None, "tensor", "fsdp")),
+    (r"visual/blocks/(qkv|proj)_kernel$", (None, "fsdp", None)),      # fused qkv: keep heads whole
+    (r"visual/merger/fc1_kernel$", ("fsdp", "tensor")),
+    (r"visual/merger/fc1_bias$", ("tensor",)),
+    (r"visual/merger/fc2_kernel$", ("tensor", "fsdp")),
+    (r".*", ()),                                                       # norms, other biases: replicated
+]
+
+
+def _path(keys) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
+
+
+def check_heads(model_config, mesh) -> None:
+    t = mesh.shape["tensor"]
+    text = model_config.text
+    for name, n in (("num_attention_heads", text.num_attention_heads), ("num_key_value_heads",
+                                                                          text.num_key_value_heads)):
+        if n % t:
+            raise MeshError(f"parallel.tensor={t} does not divide text {name}={n}; use a tensor size dividing {n}")
+
+
+def spec_for(path: str, shape: tuple[int, ...], mesh, rules=PARAM_RULES) -> P:
+    for pattern, axes in rules:
+        if re.search(pattern, path):
+            break
+    axes = list(axes) + [None] * (len(shape) - len(axes))
+    for i, axis in enumerate(axes):
+        if axis is not None and shape[i] % mesh.shape[axis]:
+            log.info("%s dim %d (%d) not divisible by %s=%d: replicated", path, i, shape[i], axis, mesh.shape[axis])
+            axes[i] = None
+    return P(*axes)
+
+
+def param_shardings(params, mesh, rules=PARAM_RULES):
+    return jax.tree_util.tree_map_with_path(
+        lambda keys, x: NamedSharding(mesh, spec_for(_path(keys), tuple(x.shape), mesh, rules)), params)
+
+
+def shard_params(params, mesh, rules=PARAM_RULES):
+    return jax.device_put(params, param_shardings(params, mesh, rules))
+
+
+def batch_sharding(mesh, ndim: int, batch_dim: int = 0, size: int | None = None) -> NamedSharding:
+    """Split dim `batch_dim` over (data, fsdp) when it divides, else replicate."""
+    n = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    if size is not None and size % n:
+        return NamedSharding(mesh, P())
+    spec = [None] * ndim
+    spec[batch_dim] = BATCH_AXES
+    return NamedSharding(mesh, P(*spec))
+
+
+def shard_batch(tree, mesh, batch_dims=None):
+    """device_put every array leaf with its batch dim (default 0; M-RoPE positions [3, B, T] use 1) split."""
+    def put(keys, x):
+        if x is None:
+            return None
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        dim = 1 if _path(keys).endswith("positions") else 0
+        return jax.device_put(x, batch_sharding(mesh, x.ndim, dim, x.shape[dim]))
+    return jax.tree_util.tree_map_with_path(put, tree)

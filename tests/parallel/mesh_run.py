@@ -1,0 +1,20 @@
+"""Run by test_mesh in a subprocess: a few GRPO steps of the tiny model per mesh, on n forced host devices.
+
+    python tests/parallel/mesh_run.py N_DEVICES OUT:DATA:FSDP:TENSOR [...]
+"""
+import os
+import sys
+
+ARGS = ["model.path=tiny-random", "data.batch_size=8", "rl.num_generations=2", "rl.max_completion_length=8",
+        "optim.lr=1e-4", "data.num_eval=8", "eval.batch_size=8", "eval.max_new_tokens=4", "steps=2",
+        "rl.beta=0.01", "rewards.functions=[{name: 'tests.train.plugins:distinct_chars'}]"]
+
+if __name__ == "__main__":
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={sys.argv[1]}"
+    from jaxr1.train import main
+    for run in sys.argv[2:]:
+        out, data, fsdp, tensor = run.split(":")
+        rc = main([*ARGS, f"output_dir={out}", f"parallel.data={data}", f"parallel.fsdp={fsdp}",
+                   f"parallel.tensor={tensor}"])
+        if rc:
+            sys.exit(rc)
