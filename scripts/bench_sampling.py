@@ -1,7 +1,11 @@
-"""Rollout throughput: jaxr1 `generate` vs transformers `generate` on the same random Qwen2.5-VL, one process.
+"""Rollout throughput: jaxr1 `generate` vs transformers `generate` on the same random Qwen2.5-VL, one command.
 
     python scripts/bench_sampling.py                                   # CPU preset (results in benchmarks/RESULTS.md)
     python scripts/bench_sampling.py --preset 3b --dtype bfloat16 --skip-hf --hbm-bandwidth 3.35e12   # one GPU
+
+Each side runs in its own process (no thread pool of one competes with the other). On a CPU both get their
+best thread setting: jaxr1 runs with XLA's intra-op pool and single-threaded, transformers picks 1 or all
+torch threads by timing a few decode steps (on a shared, loaded CPU one thread is often several times faster).
 
 B prompts with one image each, G samples per prompt, a fixed number of new tokens (no EOS, so both sides
 generate the same count), sampling on (temperature 1, no top-k / top-p unless asked). jaxr1's compile time is
@@ -17,6 +21,8 @@ import tempfile
 import time
 
 import numpy as np
+
+XLA_FLAGS_BASE = os.environ.get("XLA_FLAGS", "")
 
 PRESETS = {
     # Big enough to be compute-bound on a CPU; the vision tower is small next to the 3B's 32 x 1280.
@@ -41,17 +47,17 @@ def model_config(preset: str):
                        vision_start_token_id=v - 4, vision_end_token_id=v - 3, bos_token_id=None, eos_token_id=None)
 
 
-def build_models(cfg, dtype: str, hf_dir: str | None, seed: int):
-    """The jaxr1 model; with hf_dir, also saved there for transformers to load (the same weights)."""
+def build_model(cfg, dtype: str, seed: int, save_dir: str | None = None):
+    """The random jaxr1 model (deterministic in seed); saved as an HF directory for transformers when asked."""
     import jax.numpy as jnp
     from flax import nnx
 
     from jaxr1.models import qwen2_5_vl
     model = qwen2_5_vl.Qwen2_5_VL(cfg, jnp.dtype(dtype), nnx.Rngs(seed))
-    if hf_dir is None:
-        return model
-    qwen2_5_vl.save_hf(model, hf_dir)
-    return qwen2_5_vl.load_hf(hf_dir, dtype)
+    if save_dir:
+        qwen2_5_vl.save_hf(model, save_dir)
+        return qwen2_5_vl.load_hf(save_dir, dtype)   # exactly what transformers will read
+    return model
 
 
 def make_prompts(cfg, batch: int, text_len: int, image_size: int, seed: int):
@@ -85,12 +91,14 @@ def decode_bytes(cfg, dtype_bytes: int, batch: int, prompt_len: int, samples: in
     return (weights + kv_read) * dtype_bytes
 
 
-def bench_jaxr1(model, ids, mask, pv, thw, args):
+def bench_jaxr1(save_dir, ids, mask, pv, thw, args, result):
+    """Runs in a child process (its XLA thread setting comes from the parent's XLA_FLAGS)."""
     import jax
     from flax import nnx
 
     from jaxr1.sampling import compile_count, make_spec, prepare_prompts
     from jaxr1.sampling.sampler import decode_fn, prefill_fn
+    model = build_model(model_config(args.preset), args.dtype, args.seed, save_dir)
     cfg = model.config
     spec = make_spec(cfg, max_new_tokens=args.new_tokens, temperature=args.temperature, top_p=args.top_p,
                      top_k=args.top_k, num_samples=args.samples, eos_token_ids=())
@@ -114,8 +122,9 @@ def bench_jaxr1(model, ids, mask, pv, thw, args):
     assert compile_count() - c0 == 2, "steady-state runs recompiled"
     best = min(times)
     steady = float(np.median([t[0] for t in times]))
-    return dict(first=first, steady=steady, prefill=float(np.median([t[1] for t in times])),
-                decode=float(np.median([t[2] for t in times])), tokens=best[3], prompt_len=best[4])
+    result.update(first=first, steady=steady, prefill=float(np.median([t[1] for t in times])),
+                  decode=float(np.median([t[2] for t in times])), tokens=best[3], prompt_len=best[4],
+                  device=jax.devices()[0].device_kind)
 
 
 def pick_torch_threads(hf, rows: int, prompt_len: int) -> dict[int, float]:
@@ -183,55 +192,70 @@ def main():
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="steady-state jaxr1 runs (median reported)")
     ap.add_argument("--hf-repeats", type=int, default=1)
+    ap.add_argument("--xla-threads", choices=["all", "1", "both"], default=None,
+                    help="XLA:CPU intra-op threads for jaxr1 (both: run each, the ratio uses the faster); "
+                         "default both for the cpu preset, all otherwise")
     ap.add_argument("--hf-threads", type=int, default=0, help="torch threads; 0: the faster of 1 and all cores")
     ap.add_argument("--skip-hf", action="store_true", help="jaxr1 only (e.g. on a GPU without CUDA torch)")
     ap.add_argument("--hbm-bandwidth", type=float, default=None, help="bytes/s, e.g. 3.35e12 for an H100 SXM")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    import jax
     cfg = model_config(args.preset)
-    tmp = tempfile.TemporaryDirectory()
-    model = build_models(cfg, args.dtype, None if args.skip_hf else tmp.name, args.seed)
     ids, mask, pv, thw = make_prompts(cfg, args.batch, args.text_len, args.image_size, args.seed)
     t = cfg.text
     print(f"model: text {t.num_hidden_layers} layers x {t.hidden_size} (ffn {t.intermediate_size}, heads "
           f"{t.num_attention_heads}/{t.num_key_value_heads}), vocab {t.vocab_size}; vision {cfg.vision.depth} x "
-          f"{cfg.vision.hidden_size}; {args.dtype}; device {jax.devices()[0].device_kind}, "
-          f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}")
+          f"{cfg.vision.hidden_size}; {args.dtype}; {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}")
     print(f"work: {args.batch} prompts (one {args.image_size}px image, {ids.shape[1]} tokens max) x {args.samples} "
           f"samples x {args.new_tokens} new tokens, temperature {args.temperature}, top_p {args.top_p}, "
           f"top_k {args.top_k}")
-    j = bench_jaxr1(model, ids, mask, pv, thw, args)
-    steps = args.new_tokens - 1
-    step_s = j["decode"] / steps
-    print(f"jaxr1: compile {j['first'] - j['steady']:.2f} s (first call {j['first']:.2f} s); steady {j['steady']:.3f} s "
-          f"(prefill {j['prefill']:.3f} s, decode {j['decode']:.3f} s = {1e3 * step_s:.2f} ms/step); "
-          f"{j['tokens'] / j['steady']:.1f} tokens/s")
-    nbytes = decode_bytes(cfg, 2 if args.dtype == "bfloat16" else 4, args.batch, j["prompt_len"], args.samples,
-                          args.new_tokens)
-    line = f"jaxr1 decode: {nbytes / 1e6:.1f} MB read per step -> {nbytes / step_s / 1e9:.1f} GB/s"
-    if args.hbm_bandwidth:
-        line += f" = {100 * nbytes / step_s / args.hbm_bandwidth:.1f}% of the {args.hbm_bandwidth / 1e9:.0f} GB/s roofline"
-    print(line)
+    tmp = tempfile.TemporaryDirectory()
+    xla_threads = args.xla_threads or ("both" if args.preset == "cpu" else "all")
+    settings = {"all": ["all"], "1": ["1"], "both": ["all", "1"]}[xla_threads]
+    jaxr1 = {}
+    for i, threads in enumerate(settings):
+        # Each side runs in its own process, so no thread pool of one competes with the other's.
+        os.environ["XLA_FLAGS"] = XLA_FLAGS_BASE + (" --xla_cpu_multi_thread_eigen=false" if threads == "1" else "")
+        save = tmp.name if i == 0 and not args.skip_hf else None
+        j = jaxr1[threads] = run_child(bench_jaxr1, save, ids, mask, pv, thw, args)
+        step_s = j["decode"] / (args.new_tokens - 1)
+        print(f"jaxr1 [{j['device']}, XLA threads: {threads}]: compile {j['first'] - j['steady']:.2f} s (first call "
+              f"{j['first']:.2f} s); steady {j['steady']:.3f} s (prefill {j['prefill']:.3f} s, decode {j['decode']:.3f} s "
+              f"= {1e3 * step_s:.2f} ms/step); {j['tokens'] / j['steady']:.1f} tokens/s")
+        nbytes = decode_bytes(cfg, 2 if args.dtype == "bfloat16" else 4, args.batch, j["prompt_len"], args.samples,
+                              args.new_tokens)
+        line = f"  decode reads {nbytes / 1e6:.1f} MB per step -> {nbytes / step_s / 1e9:.1f} GB/s"
+        if args.hbm_bandwidth:
+            line += (f" = {100 * nbytes / step_s / args.hbm_bandwidth:.1f}% of the "
+                     f"{args.hbm_bandwidth / 1e9:.0f} GB/s HBM roofline")
+        print(line)
+    os.environ["XLA_FLAGS"] = XLA_FLAGS_BASE
+    best = max(jaxr1.values(), key=lambda j: j["tokens"] / j["steady"])
     if not args.skip_hf:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Manager() as manager:
-            result = manager.dict()
-            proc = ctx.Process(target=bench_hf, args=(tmp.name, args.dtype, ids, mask, pv, thw, args, result))
-            proc.start()
-            proc.join()
-            h = dict(result)
-        if proc.exitcode != 0:
-            raise SystemExit(f"transformers benchmark process failed (exit code {proc.exitcode})")
+        h = run_child(bench_hf, tmp.name, args.dtype, ids, mask, pv, thw, args)
         if h["step_s"]:
             print("transformers thread calibration (s per decode step): "
                   + ", ".join(f"{k} threads {v:.3f}" for k, v in h["step_s"].items()))
-        print(f"transformers {h['version']} (torch {h['torch']}, {h['threads']} threads, own process): "
+        print(f"transformers {h['version']} (torch {h['torch']}, {h['threads']} threads): "
               f"{h['steady']:.3f} s; {h['tokens'] / h['steady']:.1f} tokens/s")
-        print(f"ratio jaxr1 / transformers (steady tokens/s): {(j['tokens'] / j['steady']) / (h['tokens'] / h['steady']):.2f}x")
+        ratio = (best["tokens"] / best["steady"]) / (h["tokens"] / h["steady"])
+        print(f"ratio jaxr1 / transformers (steady tokens/s, each at its best thread setting): {ratio:.2f}x")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     tmp.cleanup()
+
+
+def run_child(fn, *args):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        result = manager.dict()
+        proc = ctx.Process(target=fn, args=(*args, result))
+        proc.start()
+        proc.join()
+        out = dict(result)
+    if proc.exitcode != 0:
+        raise SystemExit(f"{fn.__name__} failed in its process (exit code {proc.exitcode})")
+    return out
 
 
 if __name__ == "__main__":
