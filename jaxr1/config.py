@@ -99,6 +99,7 @@ class ParallelConfig:
     data: int = -1                        # -1: the devices left over by the other axes
     fsdp: int = 1                         # splits parameters/optimizer state and the batch
     tensor: int = 1                       # splits heads and MLP columns (must divide the attention heads)
+    device_memory_gb: float = 80.0        # per-device memory the dry run checks against (H100: 80)
 
 
 @dataclasses.dataclass

@@ -97,10 +97,27 @@ class RunLog:
             self.samples.close()
 
 
+def _dry_run(args) -> int:
+    """Compile everything for the configured shapes and mesh on forced host devices; print memory and FLOPs."""
+    from jaxr1.config import load_config
+    cfg = load_config(args.config, args.overrides)
+    from jaxr1.dry_run import dry_run, required_devices
+    n = required_devices(cfg.parallel)
+    if n:  # read when JAX first initialises its backends (below): one CPU device per mesh position
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    for noisy in ("absl", "jax._src.xla_bridge"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    report = dry_run(cfg)
+    return 0 if report["fits"] else 3
+
+
 # ----------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.dry_run:
+        return _dry_run(args)
     for noisy in ("absl", "jax._src.xla_bridge"):   # orbax's per-save chatter, the TPU probe on CPU hosts
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import jax

@@ -57,16 +57,22 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, params, *, freeze_vision:
 
 class Learner:
     def __init__(self, model: Qwen2_5_VL, rl: RLConfig, optim: OptimConfig, total_steps: int, *,
-                 compute_dtype: str = "float32", remat: bool = False, freeze_vision: bool = False, mesh=None):
+                 compute_dtype: str = "float32", remat: bool = False, freeze_vision: bool = False, mesh=None,
+                 abstract: bool = False):
+        """abstract=True (a model from nnx.eval_shape): shapes and shardings only, nothing allocated (dry run)."""
         self.graphdef, self.params = nnx.split(model, nnx.Param)
-        if mesh is not None:  # optimizer moments are created from (and so sharded like) the parameters
+        if mesh is not None and abstract:
+            from jaxr1.parallel import param_shardings
+            self.params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                       self.params, param_shardings(self.params, mesh))
+        elif mesh is not None:  # optimizer moments are created from (and so sharded like) the parameters
             from jaxr1.parallel import shard_params
             self.params = shard_params(self.params, mesh)
         self.rl = rl
         self.compute_dtype = jnp.dtype(compute_dtype)
         self.remat, self.freeze_vision = remat, freeze_vision
         self.tx, self.schedule = make_optimizer(optim, total_steps, self.params, freeze_vision=freeze_vision)
-        self.opt_state = self.tx.init(self.params)
+        self.opt_state = jax.eval_shape(self.tx.init, self.params) if abstract else self.tx.init(self.params)
         self.skipped_updates = 0
 
     # ---- pure functions (jitted once per shape) ----

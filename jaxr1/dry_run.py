@@ -1,0 +1,214 @@
+"""`python -m jaxr1.train --config FILE --dry_run`: will this config fit, before renting the hardware?
+
+Builds abstract parameters and optimizer state (jax.eval_shape: nothing allocated), lowers and compiles the
+train step (one micro-batch: forward + backward), the optimizer update, and the sampler's prefill and decode
+loop for the configured shapes and mesh, then prints per-device memory from the compiled programs' memory
+analysis and FLOPs from their cost analysis. On a CPU host it runs on forced host devices matching the mesh
+(`jaxr1.train` sets XLA_FLAGS before JAX starts).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import numpy as np
+
+log = logging.getLogger("jaxr1.dry_run")
+
+# Hub names whose published config.json we ship as named sizes, so a dry run needs no download.
+NAMED_SIZES = {"qwen/qwen2.5-vl-3b-instruct": "qwen2_5_vl_3b", "qwen/qwen2.5-vl-7b-instruct": "qwen2_5_vl_7b"}
+GB = 1024**3
+
+
+def model_config(path: str):
+    from jaxr1.models.qwen2_5_vl import ModelConfig
+    from jaxr1.train import resolve_model_dir
+    key = path.lower().rstrip("/")
+    if key in NAMED_SIZES and not os.path.isdir(path):
+        return getattr(ModelConfig, NAMED_SIZES[key])()
+    return ModelConfig.from_hf_dir(resolve_model_dir(path))
+
+
+def required_devices(parallel) -> int | None:
+    sizes = (parallel.data, parallel.fsdp, parallel.tensor)
+    return None if -1 in sizes else int(np.prod(sizes))
+
+
+def _bytes_per_device(tree) -> int:
+    import jax
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+        itemsize = x.dtype.itemsize if hasattr(x.dtype, "itemsize") else 8   # PRNG keys: 2 x uint32
+        total += int(np.prod(shape)) * itemsize
+    return total
+
+
+def _abstract(x, sharding):
+    import jax
+    return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype,
+                                sharding=sharding)
+
+
+def _shard_abstract(tree, mesh):
+    """Host arrays -> ShapeDtypeStructs with the batch sharding shard_batch would give them."""
+    import jax
+    from jaxr1.parallel.rules import batch_sharding, _path
+
+    def one(keys, x):
+        if x is None:
+            return None
+        dim = 1 if _path(keys).endswith("positions") else 0
+        return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
+                                    sharding=batch_sharding(mesh, np.ndim(x), dim, np.shape(x)[dim]))
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def _memory(compiled) -> dict:
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    return {k: int(getattr(m, f"{k}_size_in_bytes", 0)) for k in ("argument", "output", "temp", "alias",
+                                                                  "generated_code")}
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def dry_run(cfg, device_memory_gb: float | None = None) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxr1.models.qwen2_5_vl import Qwen2_5_VL
+    from jaxr1.models.qwen2_5_vl.vision_index import next_bucket
+    from jaxr1.parallel import make_mesh
+    from jaxr1.parallel.rules import check_heads
+    from jaxr1.rl.learner import Learner, MicroBatch
+    from jaxr1.rl.losses import compute_loss_normalizer
+    from jaxr1.rl.rollout import model_inputs
+    from jaxr1.sampling import make_spec, prepare_prompts
+    from jaxr1.sampling.sampler import decode_fn, prefill_fn
+
+    t0 = time.time()
+    mcfg = model_config(cfg.model.path)
+    mesh = make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor)
+    check_heads(mcfg, mesh)
+    abstract_model = nnx.eval_shape(lambda: Qwen2_5_VL(mcfg, jnp.dtype(cfg.model.param_dtype)))
+    learner = Learner(abstract_model, cfg.rl, cfg.optim, cfg.steps, compute_dtype=cfg.model.compute_dtype,
+                      remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision, mesh=mesh, abstract=True)
+    params = learner.params
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    opt_shardings = jax.jit(learner.tx.init).lower(params).compile().output_shardings
+    opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_on_mesh(s, mesh)),
+                             learner.opt_state, opt_shardings)
+
+    # Shapes of one step: each prompt at the prompt-length bucket with one image of the largest patch count.
+    b = cfg.data.batch_size
+    mb_prompts = cfg.rl.micro_batch_prompts or b
+    G, Tc = cfg.rl.num_generations, cfg.rl.max_completion_length
+    max_pixels = cfg.data.max_pixels or 401408
+    v = mcfg.vision
+    side = max(2, int(np.sqrt(max_pixels) // (v.patch_size * v.spatial_merge_size)) * v.spatial_merge_size)
+    grid = np.array([[1, side, side]])
+    n_img_tokens = side * side // v.merge_unit
+    tp = -(-max(cfg.data.max_prompt_length, n_img_tokens + 16) // cfg.data.pad_multiple) * cfg.data.pad_multiple
+
+    def prompts(n):
+        ids = np.full((n, tp), 1, np.int32)
+        ids[:, tp - n_img_tokens - 8: tp - 8] = mcfg.image_token_id
+        pv = np.zeros((n * side * side, v.patch_dim), np.float32)
+        return ids, np.ones_like(ids), pv, np.repeat(grid, n, 0)
+
+    ids, mask, pv, grids = prompts(mb_prompts)
+    patches = next_bucket(side * side, 64)
+    inputs, deltas = model_inputs(mcfg, dict(input_ids=ids, attention_mask=mask, pixel_values=pv,
+                                             image_grid_thw=grids), patches_per_slot=patches)
+    rows = mb_prompts * G
+    comp = np.zeros((rows, Tc), np.int32)
+    lp = np.zeros((rows, Tc), np.float32)
+    mb = MicroBatch(inputs, deltas, comp, comp, np.zeros(rows, np.float32), lp, lp if cfg.rl.beta > 0 else None)
+    abstract_mb = _shard_abstract(mb, mesh)
+    normalizer = compute_loss_normalizer(jnp.ones((rows, Tc)), cfg.rl.loss_aggregation)
+
+    report = {"params": n_params, "mesh": dict(mesh.shape), "devices": mesh.size}
+    log.info("compiling the train step (%d prompts x %d samples, prompt %d + completion %d tokens)",
+             mb_prompts, G, tp, Tc)
+    grads_c = Learner.grads.lower(learner, params, abstract_mb, normalizer).compile()
+    grads_abs = _outputs(grads_c, mesh)[0]
+    apply_c = Learner.apply.lower(learner, params, opt_state, grads_abs).compile()
+
+    log.info("compiling the sampler (%d prompts x %d samples, %d new tokens)", b, G, Tc)
+    spec = make_spec(mcfg, max_new_tokens=Tc, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
+                     top_k=cfg.rl.top_k, num_samples=G, eos_token_ids=mcfg.eos_token_id)
+    s_ids, s_mask, s_pv, s_grids = prompts(b)
+    sbatch = prepare_prompts(mcfg, s_ids, s_mask, s_pv, s_grids, pad_token_id=spec.pad_token_id)
+    sbatch = _shard_abstract(sbatch, mesh)
+    compute = jnp.dtype(cfg.model.compute_dtype)
+    policy = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, compute, sharding=x.sharding), params)
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+    prefill_c = prefill_fn.lower(learner.graphdef, policy, sbatch, key, Tc, cfg.rl.temperature or 1.0,
+                                 cfg.rl.top_p, spec=spec).compile()
+    state = _outputs(prefill_c, mesh)
+    decode_c = decode_fn.lower(learner.graphdef, policy, state, spec=spec).compile()
+
+    mem = {
+        "parameters (master)": _bytes_per_device(params),
+        "optimizer state": _bytes_per_device(opt_state),
+        "reference model": _bytes_per_device(params) if cfg.rl.beta > 0 else 0,
+    }
+    train_m, apply_m = _memory(grads_c), _memory(apply_c)
+    prefill_m, decode_m = _memory(prefill_c), _memory(decode_c)
+    mem["train step: activations/temporaries"] = train_m.get("temp", 0)
+    mem["train step: gradients"] = train_m.get("output", 0)
+    mem["optimizer update: temporaries"] = apply_m.get("temp", 0)
+    mem["sampler: weights in compute dtype"] = _bytes_per_device(policy) if compute != jnp.dtype(
+        cfg.model.param_dtype) else 0
+    mem["sampler: KV cache + state"] = _bytes_per_device(state)
+    mem["sampler: temporaries"] = max(prefill_m.get("temp", 0), decode_m.get("temp", 0))
+    resident = mem["parameters (master)"] + mem["optimizer state"] + mem["reference model"]
+    train_peak = resident + mem["train step: activations/temporaries"] + mem["train step: gradients"]
+    sample_peak = resident + mem["sampler: weights in compute dtype"] + mem["sampler: KV cache + state"] + \
+        mem["sampler: temporaries"]
+    update_peak = resident + mem["train step: gradients"] + mem["optimizer update: temporaries"]
+    peak = max(train_peak, sample_peak, update_peak)
+    n_mb = b // mb_prompts
+    flops = {"train step (all micro-batches)": _flops(grads_c) * n_mb * max(cfg.rl.num_iterations, 1),
+             "sampler prefill": _flops(prefill_c), "sampler decode loop (one while-loop body)": _flops(decode_c)}
+    limit = (device_memory_gb or cfg.parallel.device_memory_gb) * GB
+    report.update(memory=mem, peak=peak, limit=limit, fits=peak <= limit, flops=flops,
+                  compile_s=time.time() - t0)
+    _print(report, cfg)
+    return report
+
+
+def _on_mesh(sharding, mesh):
+    """Scalars come back on one device; as program inputs they must be replicated over the mesh."""
+    from jax.sharding import NamedSharding, PartitionSpec
+    return sharding if isinstance(sharding, NamedSharding) else NamedSharding(mesh, PartitionSpec())
+
+
+def _outputs(compiled, mesh):
+    import jax
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_on_mesh(s, mesh)),
+                        compiled.out_info, compiled.output_shardings)
+
+
+def _print(r: dict, cfg) -> None:
+    print(f"dry run: {cfg.model.path}, {r['params'] / 1e9:.3f}B parameters, mesh {r['mesh']} "
+          f"({r['devices']} devices), compute {cfg.model.compute_dtype}, remat {cfg.model.remat}")
+    print(f"{'per-device memory':44s} {'GiB':>8s}")
+    for k, v in r["memory"].items():
+        print(f"  {k:42s} {v / GB:8.2f}")
+    print(f"  {'peak (resident + largest phase)':42s} {r['peak'] / GB:8.2f}   limit {r['limit'] / GB:.0f} GiB")
+    for k, v in r["flops"].items():
+        print(f"  FLOPs per device, {k:34s} {v:.3e}")
+    verdict = "fits" if r["fits"] else "does NOT fit"
+    print(f"verdict: {verdict} ({r['peak'] / GB:.1f} of {r['limit'] / GB:.0f} GiB per device); "
+          f"compiled in {r['compile_s']:.0f}s")
