@@ -79,21 +79,27 @@ def layer_params(lm: TextDecoder, layer_loop: str):
 
 def shared_prefix_attention(q, pk, pv, p_valid, gk, gv, g_valid):
     """q [R, H, hd] with R = B*n; prompt pk/pv [B, Hkv, Tp, hd], p_valid [B, Tp]; own gk/gv [R, Hkv, N, hd],
-    g_valid [N]. Scores and softmax in float32 as `jaxr1.ops.attention`."""
+    g_valid [N]. One softmax over both parts, in float32 as `jaxr1.ops.attention`: a shared running max,
+    then (e_prompt @ v_prompt + e_own @ v_own) / (sum e_prompt + sum e_own), with no concatenated scores."""
     r, h, hd = q.shape
     b, hkv, tp, _ = pk.shape
     n, g = r // b, h // hkv
     scale = hd**-0.5
-    s_prompt = jnp.einsum("bnhgd,bhsd->bnhgs", q.reshape(b, n, hkv, g, hd), pk,
+    # Prompt part: the n samples of a prompt are n * g query rows against that prompt's keys.
+    to_prompt = lambda x: x.reshape(b, n, hkv, g, *x.shape[3:]).swapaxes(1, 2).reshape(b, hkv, n * g, *x.shape[3:])
+    to_rows = lambda x: x.reshape(b, hkv, n, g, *x.shape[3:]).swapaxes(1, 2).reshape(r, hkv, g, *x.shape[3:])
+    s_prompt = jnp.einsum("bhqd,bhsd->bhqs", to_prompt(q.reshape(r, hkv, g, hd)), pk,
                           preferred_element_type=jnp.float32) * scale
-    s_prompt = jnp.where(p_valid[:, None, None, None, :], s_prompt, _NEG_INF).reshape(r, hkv, g, tp)
+    s_prompt = jnp.where(p_valid[:, None, None, :], s_prompt, _NEG_INF)
     s_own = jnp.einsum("rhgd,rhsd->rhgs", q.reshape(r, hkv, g, hd), gk, preferred_element_type=jnp.float32) * scale
     s_own = jnp.where(g_valid, s_own, _NEG_INF)
-    probs = jax.nn.softmax(jnp.concatenate([s_prompt, s_own], axis=-1), axis=-1).astype(pv.dtype)
-    o = jnp.einsum("bnhgs,bhsd->bnhgd", probs[..., :tp].reshape(b, n, hkv, g, tp), pv,
-                   preferred_element_type=jnp.float32).reshape(r, h * hd)
-    o = o + jnp.einsum("rhgs,rhsd->rhgd", probs[..., tp:], gv, preferred_element_type=jnp.float32).reshape(r, h * hd)
-    return o.astype(q.dtype)
+    m = jnp.maximum(to_rows(s_prompt.max(-1)), s_own.max(-1))                    # [R, Hkv, g]
+    e_prompt = jnp.exp(s_prompt - to_prompt(m)[..., None])
+    e_own = jnp.exp(s_own - m[..., None])
+    denom = to_rows(e_prompt.sum(-1)) + e_own.sum(-1)
+    o = to_rows(jnp.einsum("bhqs,bhsd->bhqd", e_prompt.astype(pv.dtype), pv, preferred_element_type=jnp.float32))
+    o = o + jnp.einsum("rhgs,rhsd->rhgd", e_own.astype(gv.dtype), gv, preferred_element_type=jnp.float32)
+    return (o / denom[..., None]).reshape(r, h * hd).astype(q.dtype)
 
 
 def _layer(cfg, p, x, cos, sin, pk, pv, p_valid, gk, gv, slot, g_valid):
