@@ -105,7 +105,7 @@ def bench_jaxr1(save_dir, ids, mask, pv, thw, args, result):
     graphdef, params = nnx.split(model)
 
     def run(seed):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         batch = prepare_prompts(cfg, ids, mask, pv, thw)   # host work is part of the measured time
         state = prefill_fn(graphdef, params, batch, jax.random.key(seed), args.new_tokens, args.temperature,
                            args.top_p, spec=spec)
@@ -114,7 +114,7 @@ def bench_jaxr1(save_dir, ids, mask, pv, thw, args, result):
         out = decode_fn(graphdef, params, state, spec=spec)
         lengths = np.asarray(out.lengths)
         t2 = time.perf_counter()
-        return t2 - t0, t1 - t0, t2 - t1, int(lengths.sum()), batch.inputs.input_ids.shape[1]
+        return t2 - t0, t1 - t0, t2 - t1, int(lengths.sum()), batch.inputs.input_ids.shape[1], time.process_time() - c0
 
     c0 = compile_count()
     first, *_ = run(0)
@@ -124,6 +124,7 @@ def bench_jaxr1(save_dir, ids, mask, pv, thw, args, result):
     steady = float(np.median([t[0] for t in times]))
     result.update(first=first, steady=steady, prefill=float(np.median([t[1] for t in times])),
                   decode=float(np.median([t[2] for t in times])), tokens=best[3], prompt_len=best[4],
+                  cpu=float(np.median([t[5] for t in times])),
                   device=jax.devices()[0].device_kind)
 
 
@@ -167,14 +168,16 @@ def bench_hf(hf_dir, dtype, ids, mask, pv, thw, args, result):
               num_return_sequences=args.samples, eos_token_id=None, pad_token_id=0, use_cache=True)
     with torch.no_grad():
         hf.generate(**kw, max_new_tokens=2)   # warm up allocators / kernels
-        times, tokens = [], 0
+        times, cpu, tokens = [], [], 0
         for i in range(args.hf_repeats):
             torch.manual_seed(i)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = hf.generate(**kw, max_new_tokens=args.new_tokens)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             tokens = int(out.shape[0] * (out.shape[1] - ids.shape[1]))
-    result.update(steady=float(np.median(times)), tokens=tokens, version=transformers.__version__,
+    result.update(steady=float(np.median(times)), cpu=float(np.median(cpu)), tokens=tokens,
+                  version=transformers.__version__,
                   torch=torch.__version__, threads=threads, step_s=step_s)
 
 
@@ -221,8 +224,9 @@ def main():
         j = jaxr1[threads] = run_child(bench_jaxr1, save, ids, mask, pv, thw, args)
         step_s = j["decode"] / (args.new_tokens - 1)
         print(f"jaxr1 [{j['device']}, XLA threads: {threads}]: compile {j['first'] - j['steady']:.2f} s (first call "
-              f"{j['first']:.2f} s); steady {j['steady']:.3f} s (prefill {j['prefill']:.3f} s, decode {j['decode']:.3f} s "
-              f"= {1e3 * step_s:.2f} ms/step); {j['tokens'] / j['steady']:.1f} tokens/s")
+              f"{j['first']:.2f} s); steady {j['steady']:.3f} s (prefill {j['prefill']:.3f} s, "
+              f"decode {j['decode']:.3f} s "
+              f"= {1e3 * step_s:.2f} ms/step); {j['tokens'] / j['steady']:.1f} tokens/s; process CPU {j['cpu']:.1f} s")
         nbytes = decode_bytes(cfg, 2 if args.dtype == "bfloat16" else 4, args.batch, j["prompt_len"], args.samples,
                               args.new_tokens)
         line = f"  decode reads {nbytes / 1e6:.1f} MB per step -> {nbytes / step_s / 1e9:.1f} GB/s"
@@ -238,7 +242,7 @@ def main():
             print("transformers thread calibration (s per decode step): "
                   + ", ".join(f"{k} threads {v:.3f}" for k, v in h["step_s"].items()))
         print(f"transformers {h['version']} (torch {h['torch']}, {h['threads']} threads): "
-              f"{h['steady']:.3f} s; {h['tokens'] / h['steady']:.1f} tokens/s")
+              f"{h['steady']:.3f} s; {h['tokens'] / h['steady']:.1f} tokens/s; process CPU {h['cpu']:.1f} s")
         ratio = (best["tokens"] / best["steady"]) / (h["tokens"] / h["steady"])
         print(f"ratio jaxr1 / transformers (steady tokens/s, each at its best thread setting): {ratio:.2f}x")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")

@@ -71,7 +71,8 @@ def layer_params(lm: TextDecoder, layer_loop: str):
     # Per layer, with q/k/v and gate/up fused into one matmul each (fewer, larger GEMMs per step).
     cat = lambda names, i: jnp.concatenate([stacked[n][i] for n in names], axis=-1)
     return [dict(input_norm=stacked["input_norm"][i], post_attention_norm=stacked["post_attention_norm"][i],
-                 qkv_kernel=cat(("q_kernel", "k_kernel", "v_kernel"), i), qkv_bias=cat(("q_bias", "k_bias", "v_bias"), i),
+                 qkv_kernel=cat(("q_kernel", "k_kernel", "v_kernel"), i),
+                 qkv_bias=cat(("q_bias", "k_bias", "v_bias"), i),
                  o_kernel=stacked["o_kernel"][i], gate_up_kernel=cat(("gate_kernel", "up_kernel"), i),
                  down_kernel=stacked["down_kernel"][i])
             for i in range(lm.cfg.num_hidden_layers)]

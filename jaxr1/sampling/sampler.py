@@ -16,7 +16,6 @@ from collections import Counter
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxr1.models.qwen2_5_vl.text import KVCache
