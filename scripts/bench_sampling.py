@@ -196,8 +196,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="steady-state jaxr1 runs (median reported)")
     ap.add_argument("--hf-repeats", type=int, default=1)
     ap.add_argument("--xla-threads", choices=["all", "1", "both"], default=None,
-                    help="XLA:CPU intra-op threads for jaxr1 (both: run each, the ratio uses the faster); "
-                         "default both for the cpu preset, all otherwise")
+                    help="XLA:CPU intra-op Eigen pool for jaxr1: all cores, or off (1; XLA's runtime may still use "
+                         "a helper thread); both: run each, the ratio uses the faster. Default both for the cpu "
+                         "preset, all otherwise")
     ap.add_argument("--hf-threads", type=int, default=0, help="torch threads; 0: the faster of 1 and all cores")
     ap.add_argument("--skip-hf", action="store_true", help="jaxr1 only (e.g. on a GPU without CUDA torch)")
     ap.add_argument("--hbm-bandwidth", type=float, default=None, help="bytes/s, e.g. 3.35e12 for an H100 SXM")
@@ -223,7 +224,8 @@ def main():
         save = tmp.name if i == 0 and not args.skip_hf else None
         j = jaxr1[threads] = run_child(bench_jaxr1, save, ids, mask, pv, thw, args)
         step_s = j["decode"] / (args.new_tokens - 1)
-        print(f"jaxr1 [{j['device']}, XLA threads: {threads}]: compile {j['first'] - j['steady']:.2f} s (first call "
+        pool = {"all": "on", "1": "off"}[threads]
+        print(f"jaxr1 [{j['device']}, XLA Eigen pool {pool}]: compile {j['first'] - j['steady']:.2f} s (first call "
               f"{j['first']:.2f} s); steady {j['steady']:.3f} s (prefill {j['prefill']:.3f} s, "
               f"decode {j['decode']:.3f} s "
               f"= {1e3 * step_s:.2f} ms/step); {j['tokens'] / j['steady']:.1f} tokens/s; process CPU {j['cpu']:.1f} s")
