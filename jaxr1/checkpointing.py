@@ -16,16 +16,18 @@ from jaxr1.models.qwen2_5_vl.params import copy_tokenizer_files
 PARAMS_DIR = "params"
 
 
-def save_model(model: Qwen2_5_VL, out_dir: str, *, source_dir: str | None = None) -> None:
+def save_model(model: Qwen2_5_VL, out_dir: str, *, source_dir: str | None = None, primary: bool = True) -> None:
+    """Multi-host: every process calls this (orbax writes the shards); `primary` writes the other files."""
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     dtype = "float32" if model.dtype == jnp.float32 else "bfloat16"
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(model.config.to_hf_dict(dtype), f, indent=2)
+    if primary:
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(model.config.to_hf_dict(dtype), f, indent=2)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(out_dir, PARAMS_DIR), nnx.to_pure_dict(nnx.state(model, nnx.Param)), force=True)
         ckptr.wait_until_finished()
-    if source_dir:
+    if source_dir and primary:
         copy_tokenizer_files(source_dir, out_dir)
 
 

@@ -25,6 +25,7 @@ def evaluate(model, batches, tokenizer, *, eos_token_ids, max_new_tokens: int = 
              temperature: float = 0.0, seed: int = 0, scorer: RewardScorer | None = None,
              out_path: str | None = None) -> dict:
     """pass@k accuracy (k = num_samples) over `batches` (PromptBatches); rows written to out_path."""
+    from jaxr1.parallel.distributed import to_host
     from jaxr1.sampling import generate
     own = scorer is None
     scorer = scorer or RewardScorer([("accuracy", 1.0, {})], num_workers=2, timeout_s=5.0)
@@ -35,7 +36,7 @@ def evaluate(model, batches, tokenizer, *, eos_token_ids, max_new_tokens: int = 
             gen = generate(model, batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw,
                            max_new_tokens=max_new_tokens, temperature=temperature, num_samples=num_samples,
                            eos_token_ids=eos_token_ids, seed=seed + i)
-            texts = decode_completions(tokenizer, gen.tokens, gen.lengths)
+            texts = decode_completions(tokenizer, to_host(gen.tokens), to_host(gen.lengths))
             examples = [ex for ex in batch.examples for _ in range(num_samples)]
             acc = scorer.score(texts, examples).per_function["accuracy"].reshape(-1, num_samples)
             for row, ex in enumerate(batch.examples):

@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from jaxr1.parallel.distributed import gather_json, gather_prompt_batch, initialize_from_env, to_host
+    initialize_from_env()   # multi-host: before any other JAX call; a no-op for one process
     is_main = jax.process_index() == 0
     run_dir = os.path.abspath(cfg.output_dir)
     os.makedirs(run_dir, exist_ok=True)
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         last, state, meta = restored
         learner.params, learner.opt_state = state["params"], state["opt_state"]
         learner.skipped_updates = int(meta.get("skipped_updates", 0))
-        data_iter.set_state(meta["data"])
+        data_iter.set_state(meta["data"][jax.process_index()])
         before, start_step = meta.get("eval_before", {}), last + 1
         log.info("resumed from %s step %d", ckpt.directory, last)
     else:
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(step: int, force: bool = False) -> None:
         ckpt.save(step, {"params": learner.params, "opt_state": learner.opt_state},
-                  {"step": step, "data": data_iter.get_state(), "skipped_updates": learner.skipped_updates,
+                  {"step": step, "data": gather_json(data_iter.get_state()), "skipped_updates": learner.skipped_updates,
                    "eval_before": before}, force=force)
 
     # Preemption (SIGTERM from a scheduler, Ctrl-C): finish the step, save, exit 0; the same command resumes.
@@ -227,18 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     from jaxr1.rl.losses import compute_loss_normalizer
     from jaxr1.sampling import STOP_LENGTH, generate
     G, Tc = cfg.rl.num_generations, cfg.rl.max_completion_length
-    n_mb = cfg.data.batch_size // cfg.rl.micro_batch_prompts if cfg.rl.micro_batch_prompts else 1
+    global_prompts = cfg.data.batch_size * jax.process_count()   # data.batch_size is per host
+    n_mb = global_prompts // cfg.rl.micro_batch_prompts if cfg.rl.micro_batch_prompts else 1
     bar = tqdm(range(start_step, cfg.steps + 1), desc="grpo", disable=not is_main, dynamic_ncols=True,
                initial=start_step - 1, total=cfg.steps)
     for step in bar:
         t0 = time.time()
-        batch = next(data_iter)
+        batch = gather_prompt_batch(next(data_iter))   # every host's prompts: the global batch
         policy = learner.model(cfg.model.compute_dtype)
         gen = generate(policy, batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw,
                        max_new_tokens=Tc, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p, top_k=cfg.rl.top_k,
                        num_samples=G, eos_token_ids=eos, seed=cfg.seed * 1_000_003 + step)
-        tokens, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
-        sampler_logprobs = np.asarray(gen.logprobs)
+        tokens, lengths = to_host(gen.tokens), to_host(gen.lengths)
+        sampler_logprobs = to_host(gen.logprobs)
         t_sample = time.time() - t0
 
         # Rewards run in worker processes while the device recomputes old/reference log-probs.
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         mask = ((np.arange(Tc)[None] < lengths[:, None]) & valid_rows[:, None]).astype(np.int32)
         chunks = split_prompts(batch, n_mb)
         mbs = []
-        per = cfg.data.batch_size // n_mb * G
+        per = global_prompts // n_mb * G
         for c, chunk in enumerate(chunks):
             inputs, deltas = model_inputs(policy.config, chunk, patches_per_slot=patches_per_slot)
             rows = slice(c * per, (c + 1) * per)
@@ -266,23 +269,23 @@ def main(argv: list[str] | None = None) -> int:
         total = np.where(valid_rows, rewards.total, 0.0).astype(np.float32)
         kw = {"scale_rewards": cfg.rl.scale_rewards} if cfg.rl.algorithm == "grpo" else {}
         adv, adv_stats = compute_advantages(cfg.rl.algorithm, total, G, **kw)
-        adv = np.asarray(adv)
+        adv = to_host(adv)
         for c, mb in enumerate(mbs):
             mb.advantages = shard_batch(adv[c * per:(c + 1) * per], mesh)
-        normalizer = compute_loss_normalizer(mask, cfg.rl.loss_aggregation)
+        normalizer = float(compute_loss_normalizer(mask, cfg.rl.loss_aggregation))
         for _ in range(cfg.rl.num_iterations):
             train_metrics = learner.update(mbs, normalizer)
         t_train = time.time() - t2
 
         # --- metrics
-        old = np.concatenate([np.asarray(mb.old_logprobs) for mb in mbs])
+        old = np.concatenate([to_host(mb.old_logprobs) for mb in mbs])
         gap = np.abs(old - sampler_logprobs)[mask > 0]
         v = valid_rows
         metrics = {f"reward/{k}": float(np.mean(rewards.per_function[k][v])) for k in names}
         metrics.update({
             "reward/total_mean": float(total[v].mean()), "reward/total_std": float(total[v].std()),
             "completion/length_mean": float(lengths[v].mean()), "completion/length_max": float(lengths[v].max()),
-            "completion/truncated_frac": float(np.mean(np.asarray(gen.stop_reason)[v] == STOP_LENGTH)),
+            "completion/truncated_frac": float(np.mean(to_host(gen.stop_reason)[v] == STOP_LENGTH)),
             "rl/zero_std_frac": float(adv_stats.get("zero_std_frac", 0.0)),
             "rl/sampler_trainer_logprob_gap": float(gap.mean()) if gap.size else 0.0,
             "rl/sampler_trainer_logprob_gap_max": float(gap.max()) if gap.size else 0.0,
@@ -331,13 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     for sc in (scorer, eval_scorer):
         sc and sc.close()
     runlog.close()
-    if is_main:
-        from jaxr1.checkpointing import save_model
-        from jaxr1.models.qwen2_5_vl import save_hf
-        final = learner.model()
-        save_model(final, os.path.join(run_dir, "checkpoint"), source_dir=model_dir)
-        if cfg.export_hf:
-            save_hf(final, os.path.join(run_dir, "hf"), source_dir=model_dir)
+    # Every process joins the (collective) saves; only process 0 writes files that are not orbax's.
+    from jaxr1.checkpointing import save_model
+    from jaxr1.models.qwen2_5_vl import save_hf
+    save_model(learner.model(), os.path.join(run_dir, "checkpoint"), source_dir=model_dir, primary=is_main)
+    if cfg.export_hf:
+        host = jax.tree.map(to_host, learner.params)      # gathers shards from every host
+        if is_main:
+            from flax import nnx
+            save_hf(nnx.merge(learner.graphdef, host), os.path.join(run_dir, "hf"), source_dir=model_dir)
     print(f"run directory: {run_dir} ({time.time() - t_start:.0f}s)")
     if before and after:
         print(f"held-out accuracy: before {before['accuracy']:.2f} after {after['accuracy']:.2f}")

@@ -69,8 +69,16 @@ def param_shardings(params, mesh, rules=PARAM_RULES):
         lambda keys, x: NamedSharding(mesh, spec_for(_path(keys), tuple(x.shape), mesh, rules)), params)
 
 
+def _put(x, sharding):
+    """Place a value every process holds in full onto a (possibly multi-process) sharding."""
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def shard_params(params, mesh, rules=PARAM_RULES):
-    return jax.device_put(params, param_shardings(params, mesh, rules))
+    return jax.tree.map(_put, params, param_shardings(params, mesh, rules))
 
 
 def batch_sharding(mesh, ndim: int, batch_dim: int = 0, size: int | None = None) -> NamedSharding:
@@ -88,7 +96,6 @@ def shard_batch(tree, mesh, batch_dims=None):
     def put(keys, x):
         if x is None:
             return None
-        x = np.asarray(x) if not isinstance(x, jax.Array) else x
         dim = 1 if _path(keys).endswith("positions") else 0
-        return jax.device_put(x, batch_sharding(mesh, x.ndim, dim, x.shape[dim]))
+        return _put(x, batch_sharding(mesh, np.ndim(x), dim, np.shape(x)[dim]))
     return jax.tree_util.tree_map_with_path(put, tree)
