@@ -105,9 +105,7 @@ def dry_run(cfg, device_memory_gb: float | None = None) -> dict:
                       remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision, mesh=mesh, abstract=True)
     params = learner.params
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    opt_shardings = jax.jit(learner.tx.init).lower(params).compile().output_shardings
-    opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_on_mesh(s, mesh)),
-                             learner.opt_state, opt_shardings)
+    opt_state = learner.opt_state
 
     # Shapes of one step: each prompt at the prompt-length bucket with one image of the largest patch count.
     b = cfg.data.batch_size

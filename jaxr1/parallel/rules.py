@@ -40,7 +40,9 @@ PARAM_RULES: list[tuple[str, tuple]] = [
 
 
 def _path(keys) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
+    """'language_model/layers/q_kernel' for a parameter (nnx.Param's own `.value` attribute key dropped)."""
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys]
+    return "/".join(names[:-1] if names and names[-1] == "value" else names)
 
 
 def check_heads(model_config, mesh) -> None:

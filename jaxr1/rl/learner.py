@@ -72,7 +72,17 @@ class Learner:
         self.compute_dtype = jnp.dtype(compute_dtype)
         self.remat, self.freeze_vision = remat, freeze_vision
         self.tx, self.schedule = make_optimizer(optim, total_steps, self.params, freeze_vision=freeze_vision)
-        self.opt_state = jax.eval_shape(self.tx.init, self.params) if abstract else self.tx.init(self.params)
+        abstract_opt = jax.eval_shape(self.tx.init, self.params)
+        if mesh is None:
+            self.opt_state = abstract_opt if abstract else self.tx.init(self.params)
+        else:
+            # Adam moments sit at the parameters' paths (e.g. .../mu/language_model/layers/q_kernel), so the
+            # same path rules shard them like their parameters; step counters stay replicated.
+            from jaxr1.parallel import param_shardings
+            shardings = param_shardings(abstract_opt, mesh)
+            self.opt_state = (jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                           abstract_opt, shardings) if abstract
+                              else jax.jit(self.tx.init, out_shardings=shardings)(self.params))
         self.skipped_updates = 0
 
     # ---- pure functions (jitted once per shape) ----

@@ -1,0 +1,34 @@
+"""`--dry_run` compiles the real-size configs on forced host devices and reports whether they fit."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _dry_run(*args):
+    r = subprocess.run([sys.executable, "-m", "jaxr1.train", "--dry_run", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=1800, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    peak = re.search(r"peak \(resident \+ largest phase\)\s+([\d.]+)", r.stdout)
+    assert peak, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.returncode, float(peak.group(1)), r.stdout
+
+
+@pytest.mark.slow
+def test_3b_config_fits_8_h100():
+    rc, peak, out = _dry_run("--config", "configs/qwen2_5_vl_3b_geoqa.yaml")
+    print(out)
+    assert rc == 0 and "verdict: fits" in out and peak < 80
+    assert "3.755B parameters" in out and "'fsdp': 8" in out
+
+
+@pytest.mark.slow
+def test_7b_without_sharding_on_one_device_does_not_fit():
+    rc, peak, out = _dry_run("--config", "configs/qwen2_5_vl_7b_multimodal_open_r1.yaml", "parallel.fsdp=1",
+                             "parallel.data=1", "data.batch_size=1", "rl.micro_batch_prompts=1",
+                             "rl.max_completion_length=64", "data.max_prompt_length=256", "data.max_pixels=50176")
+    print(out)
+    assert rc == 3 and "does NOT fit" in out and peak > 80
