@@ -3,7 +3,7 @@
 # stream logs, delete. Needs gcloud with a project/zone configured.
 #   scripts/launch/tpu_pod.sh NAME ACCELERATOR CONFIG.yaml [key=value ...]
 #   scripts/launch/tpu_pod.sh jaxr1-7b v5p-32 configs/qwen2_5_vl_7b_multimodal_open_r1.yaml \
-#       model.path=gs://bucket/Qwen2.5-VL-7B-Instruct output_dir=gs://bucket/runs/7b parallel.fsdp=16
+#       model.path=/gcs/bucket/Qwen2.5-VL-7B-Instruct output_dir=/gcs/bucket/runs/7b
 set -euo pipefail
 name=${1:?name}; accel=${2:?accelerator type}; config=${3:?config}; shift 3
 zone=${ZONE:?set ZONE}; version=${RUNTIME_VERSION:-v2-alpha-tpuv5}
