@@ -13,6 +13,8 @@ import json
 import os
 import random
 
+from jaxr1.data.synthetic import BACKGROUND
+
 # Qwen's special tokens, in the order of their ids in the real vocabulary (151643...).
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
@@ -34,6 +36,11 @@ CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 112 * 112
+# Normalise with the synthetic scenes' statistics, not CLIP's: their light-grey background (jaxr1.data.synthetic,
+# about 90% of the pixels) maps to zero, so a random vision tower's features are about the shapes rather than a
+# large image-independent background term. With CLIP's mean the tiny model never learns to count (the SFT loss
+# stays at chance for 600 steps); with this one it does within a few hundred.
+IMAGE_MEAN, IMAGE_STD = [c / 255 for c in BACKGROUND], [0.5] * 3
 
 
 def corpus(n: int = 4000, seed: int = 0) -> list[str]:
@@ -96,8 +103,7 @@ def main() -> None:
         json.dump({"image_processor_type": "Qwen2VLImageProcessor", "min_pixels": MIN_PIXELS,
                    "max_pixels": MAX_PIXELS, "size": {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
                    "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
-                   "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                   "image_std": [0.26862954, 0.26130258, 0.27577711],
+                   "image_mean": IMAGE_MEAN, "image_std": IMAGE_STD,
                    "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
                    "rescale_factor": 1 / 255, "resample": 3}, f, indent=2)
 
