@@ -25,11 +25,13 @@ import numpy as np
 XLA_FLAGS_BASE = os.environ.get("XLA_FLAGS", "")
 
 PRESETS = {
-    # Big enough to be compute-bound on a CPU; the vision tower is small next to the 3B's 32 x 1280.
-    "cpu": dict(text=dict(vocab_size=32768, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+    # Qwen2.5-VL-3B's shape scaled down to be compute-bound on a CPU: widths / 4 (text 2048 -> 512, ffn
+    # 11008 -> 2752, vision 1280 -> 320, ffn 3420 -> 864), depths / 4 (36 -> 8 text, 32 -> 8 vision layers,
+    # one in eight with full attention), vocab 151936 -> 32768, same GQA ratio, patching and windows.
+    "cpu": dict(text=dict(vocab_size=32768, hidden_size=512, intermediate_size=2752, num_hidden_layers=8,
                           num_attention_heads=8, num_key_value_heads=2, mrope_section=[8, 12, 12]),
-                vision=dict(depth=4, hidden_size=256, intermediate_size=512, num_heads=4,
-                            fullatt_block_indexes=[1, 3], window_size=112)),
+                vision=dict(depth=8, hidden_size=320, intermediate_size=864, num_heads=5,
+                            fullatt_block_indexes=[7], window_size=112)),
     "3b": None,  # ModelConfig.qwen2_5_vl_3b()
 }
 
