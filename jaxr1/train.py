@@ -63,6 +63,39 @@ def build_eval_batches(cfg, tokenizer, image_processor, data_cfg=None) -> list:
     return list(build_dataset(data_cfg, tokenizer, image_processor))
 
 
+def refill_groups(batch, roll, rollout, seed, data_iter, scorer, G, Tc, cfg):
+    """DAPO dynamic sampling: replace zero-variance groups with non-zero-variance groups sampled from further
+    batches (at most rl.max_refill_rounds); groups still missing after that are kept (their advantage is 0)."""
+    from jaxr1.parallel.distributed import gather_prompt_batch
+    from jaxr1.rl.advantages import zero_variance_groups
+    from jaxr1.rl.rollout import select_rows
+
+    def informative(b, r):
+        examples = [ex for ex in b.examples for _ in range(G)]
+        total = scorer.score(r["texts"], examples, completion_lengths=r["lengths"], max_completion_length=Tc).total
+        return ~np.asarray(zero_variance_groups(np.asarray(total, np.float32), G)) & b.valid
+
+    keep = informative(batch, roll)
+    batches, rolls = [batch], [roll]
+    picks = [(0, i) for i in np.flatnonzero(keep)]
+    dropped = int((~keep).sum())
+    for round_ in range(cfg.rl.max_refill_rounds):
+        if len(picks) >= len(keep):
+            break
+        extra = gather_prompt_batch(next(data_iter))
+        extra_roll = rollout(extra, seed + 7919 * (round_ + 1))
+        batches.append(extra)
+        rolls.append(extra_roll)
+        picks += [(len(batches) - 1, i) for i in np.flatnonzero(informative(extra, extra_roll))]
+    picks = picks[:len(keep)]
+    picks += [(0, i) for i in np.flatnonzero(~keep)][:len(keep) - len(picks)]   # not enough: keep some zero groups
+    rows = lambda b, i: slice(i * G, (i + 1) * G)
+    merged = {k: np.concatenate([rolls[b][k][rows(b, i)] for b, i in picks])
+              for k in ("tokens", "lengths", "logprobs", "stop_reason")}
+    merged["texts"] = [t for b, i in picks for t in rolls[b]["texts"][rows(b, i)]]
+    return select_rows(batches, picks), merged, dropped
+
+
 class RunLog:
     """metrics.jsonl + TensorBoard (same scalars) + samples.jsonl, written by process 0 only."""
 
@@ -237,16 +270,28 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         batch = gather_prompt_batch(next(data_iter))   # every host's prompts: the global batch
         policy = learner.model(cfg.model.compute_dtype)
-        gen = generate(policy, batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw,
-                       max_new_tokens=Tc, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p, top_k=cfg.rl.top_k,
-                       num_samples=G, eos_token_ids=eos, seed=cfg.seed * 1_000_003 + step)
-        tokens, lengths = to_host(gen.tokens), to_host(gen.lengths)
-        sampler_logprobs = to_host(gen.logprobs)
+
+        def rollout(batch, seed):
+            gen = generate(policy, batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw,
+                           max_new_tokens=Tc, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
+                           top_k=cfg.rl.top_k, num_samples=G, eos_token_ids=eos, seed=seed)
+            out = {k: to_host(getattr(gen, k)) for k in ("tokens", "lengths", "logprobs", "stop_reason")}
+            out["texts"] = decode_completions(tokenizer, out["tokens"], out["lengths"])
+            return out
+
+        seed = cfg.seed * 1_000_003 + step
+        roll = rollout(batch, seed)
         t_sample = time.time() - t0
+        dropped_groups = 0
+        if cfg.rl.dynamic_sampling:
+            # DAPO: groups whose rewards all agree carry no signal; swap them for groups of fresh prompts.
+            batch, roll, dropped_groups = refill_groups(batch, roll, rollout, seed, data_iter, scorer, G, Tc, cfg)
+        tokens, lengths, sampler_logprobs = roll["tokens"], roll["lengths"], roll["logprobs"]
+        gen_stop = roll["stop_reason"]
 
         # Rewards run in worker processes while the device recomputes old/reference log-probs.
         t1 = time.time()
-        texts = decode_completions(tokenizer, tokens, lengths)
+        texts = roll["texts"]
         examples = [ex for ex in batch.examples for _ in range(G)]
         future = scorer.submit(texts, examples, completion_lengths=lengths, max_completion_length=Tc)
         valid_rows = np.repeat(batch.valid, G)
@@ -285,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics.update({
             "reward/total_mean": float(total[v].mean()), "reward/total_std": float(total[v].std()),
             "completion/length_mean": float(lengths[v].mean()), "completion/length_max": float(lengths[v].max()),
-            "completion/truncated_frac": float(np.mean(to_host(gen.stop_reason)[v] == STOP_LENGTH)),
+            "completion/truncated_frac": float(np.mean(gen_stop[v] == STOP_LENGTH)),
+            "rl/dynamic_sampling_refilled_groups": float(dropped_groups),
             "rl/zero_std_frac": float(adv_stats.get("zero_std_frac", 0.0)),
             "rl/sampler_trainer_logprob_gap": float(gap.mean()) if gap.size else 0.0,
             "rl/sampler_trainer_logprob_gap_max": float(gap.max()) if gap.size else 0.0,

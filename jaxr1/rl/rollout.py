@@ -47,3 +47,29 @@ def max_patches(image_processor) -> int | None:
         "longest_edge")
     patch = getattr(image_processor, "patch_size", 14)
     return next_bucket(int(max_pixels) // (patch * patch), 64) if max_pixels else None
+
+
+def select_rows(batches: list, picks: list[tuple[int, int]]):
+    """A PromptBatch made of rows (batch index, row index) of several PromptBatches, images carried along
+    (DAPO dynamic sampling refills dropped groups with groups from the next batch)."""
+    from jaxr1.data.processing import PromptBatch
+    t = max(batches[b].input_ids.shape[1] for b, _ in picks)
+    ids, mask, grids, pixels, examples, valid, counts = [], [], [], [], [], [], []
+    for b, r in picks:
+        pb = batches[b]
+        pad = t - pb.input_ids.shape[1]
+        pad_id = pb.input_ids[r][0] if pb.attention_mask[r][0] == 0 else 0
+        ids.append(np.concatenate([np.full(pad, pad_id, pb.input_ids.dtype), pb.input_ids[r]]))
+        mask.append(np.concatenate([np.zeros(pad, pb.attention_mask.dtype), pb.attention_mask[r]]))
+        first = int(np.sum(pb.image_counts[:r]))
+        n = int(pb.image_counts[r])
+        if n:
+            g = pb.image_grid_thw[first:first + n]
+            start = int(pb.image_grid_thw[:first].prod(-1).sum())
+            grids.append(g)
+            pixels.append(pb.pixel_values[start:start + int(g.prod(-1).sum())])
+        examples.append(pb.examples[r])
+        valid.append(pb.valid[r])
+        counts.append(n)
+    return PromptBatch(np.stack(ids), np.stack(mask), np.concatenate(pixels) if pixels else None,
+                       np.concatenate(grids) if grids else None, examples, np.asarray(valid), np.asarray(counts, np.int32))
