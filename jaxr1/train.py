@@ -303,12 +303,14 @@ def main(argv: list[str] | None = None) -> int:
             inputs, deltas = model_inputs(policy.config, chunk, patches_per_slot=patches_per_slot)
             rows = slice(c * per, (c + 1) * per)
             mb = shard_batch(MicroBatch(inputs, deltas, tokens[rows], mask[rows], np.zeros(per, np.float32)), mesh)
-            mb.old_logprobs = learner.logprobs(learner.params, mb)
+            if cfg.rl.num_iterations > 1:   # else the update's own forward gives them (on-policy)
+                mb.old_logprobs = learner.logprobs(learner.params, mb)
             if ref_params is not None:
                 mb.ref_logprobs = learner.logprobs(ref_params, mb)
             mbs.append(mb)
         rewards = future.result()
-        t_reward = time.time() - t1
+        jax.block_until_ready([(mb.old_logprobs, mb.ref_logprobs) for mb in mbs])
+        t_reward = time.time() - t1   # rewards and old/reference log-probs, overlapped
 
         t2 = time.time()
         total = np.where(valid_rows, rewards.total, 0.0).astype(np.float32)

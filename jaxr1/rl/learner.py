@@ -110,13 +110,13 @@ class Learner:
             kl_estimator=rl.kl_estimator, loss_normalizer=normalizer)
         m = mb.mask.astype(jnp.float32)
         metrics["entropy"] = (entropy * m).sum() / jnp.maximum(m.sum(), 1.0)
-        return loss, metrics
+        return loss, (metrics, jax.lax.stop_gradient(logprobs))
 
     @functools.partial(jax.jit, static_argnums=0)
     def grads(self, params, mb: MicroBatch, normalizer):
-        (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, mb, normalizer)
+        (loss, (metrics, logprobs)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, mb, normalizer)
         metrics["loss"] = loss
-        return grads, metrics
+        return grads, metrics, logprobs
 
     @functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
     def apply(self, params, opt_state, grads):
@@ -130,9 +130,14 @@ class Learner:
 
     # ---- host-side driver ----
     def update(self, micro_batches: list[MicroBatch], normalizer) -> dict:
+        """One optimizer step over the micro-batches. A micro-batch without old_logprobs is on-policy (the
+        first pass over a fresh rollout): its ratio is exp(logp - stop_gradient(logp)) = 1 and the log-probs
+        this forward computed become its old_logprobs, saving a separate forward pass."""
         total, metrics_sum = None, {}
         for mb in micro_batches:
-            g, m = self.grads(self.params, mb, normalizer)
+            g, m, logprobs = self.grads(self.params, mb, normalizer)
+            if mb.old_logprobs is None:
+                mb.old_logprobs = logprobs
             total = g if total is None else jax.tree.map(jnp.add, total, g)
             for k, v in m.items():
                 metrics_sum[k] = metrics_sum.get(k, 0.0) + float(v)
