@@ -3,9 +3,12 @@
     python scripts/bench_sampling.py                                   # CPU preset (results in benchmarks/RESULTS.md)
     python scripts/bench_sampling.py --preset 3b --dtype bfloat16 --skip-hf --hbm-bandwidth 3.35e12   # one GPU
 
-Each side runs in its own process (no thread pool of one competes with the other). On a CPU both get their
-best thread setting: jaxr1 runs with XLA's intra-op pool and single-threaded, transformers picks 1 or all
-torch threads by timing a few decode steps (on a shared, loaded CPU one thread is often several times faster).
+Each side runs in its own process (no thread pool of one competes with the other), and the timed runs of
+the sides are interleaved so that all see the same load on a shared machine. On a CPU both get their best
+thread setting: jaxr1 runs with XLA's Eigen intra-op pool on and off, transformers picks 1 or all torch
+threads by timing a few decode steps (on a loaded CPU one OpenMP thread is often several times faster).
+Besides wall-clock tokens/s the ratio is also given in tokens per process CPU-second, which the load of
+other processes does not move much.
 
 B prompts with one image each, G samples per prompt, a fixed number of new tokens (no EOS, so both sides
 generate the same count), sampling on (temperature 1, no top-k / top-p unless asked). jaxr1's compile time is
@@ -93,8 +96,8 @@ def decode_bytes(cfg, dtype_bytes: int, batch: int, prompt_len: int, samples: in
     return (weights + kv_read) * dtype_bytes
 
 
-def bench_jaxr1(save_dir, ids, mask, pv, thw, args, result):
-    """Runs in a child process (its XLA thread setting comes from the parent's XLA_FLAGS)."""
+def jaxr1_worker(conn, save_dir, ids, mask, pv, thw, args):
+    """A process holding the jaxr1 side: compiles once, then one timed rollout per request."""
     import jax
     from flax import nnx
 
@@ -114,20 +117,17 @@ def bench_jaxr1(save_dir, ids, mask, pv, thw, args, result):
         jax.block_until_ready(state)
         t1 = time.perf_counter()
         out = decode_fn(graphdef, params, state, spec=spec)
-        lengths = np.asarray(out.lengths)
+        tokens = int(np.asarray(out.lengths).sum())
         t2 = time.perf_counter()
-        return t2 - t0, t1 - t0, t2 - t1, int(lengths.sum()), batch.inputs.input_ids.shape[1], time.process_time() - c0
+        return dict(wall=t2 - t0, prefill=t1 - t0, decode=t2 - t1, cpu=time.process_time() - c0, tokens=tokens,
+                    prompt_len=batch.inputs.input_ids.shape[1])
 
     c0 = compile_count()
-    first, *_ = run(0)
-    times = [run(1 + i) for i in range(args.repeats)]
+    first = run(0)
+    conn.send(dict(first=first["wall"], device=jax.devices()[0].device_kind))
+    for seed in iter(conn.recv, None):
+        conn.send(run(seed))
     assert compile_count() - c0 == 2, "steady-state runs recompiled"
-    best = min(times)
-    steady = float(np.median([t[0] for t in times]))
-    result.update(first=first, steady=steady, prefill=float(np.median([t[1] for t in times])),
-                  decode=float(np.median([t[2] for t in times])), tokens=best[3], prompt_len=best[4],
-                  cpu=float(np.median([t[5] for t in times])),
-                  device=jax.devices()[0].device_kind)
 
 
 def pick_torch_threads(hf, rows: int, prompt_len: int) -> dict[int, float]:
@@ -150,12 +150,12 @@ def pick_torch_threads(hf, rows: int, prompt_len: int) -> dict[int, float]:
     return timings
 
 
-def bench_hf(hf_dir, dtype, ids, mask, pv, thw, args, result):
-    """Runs in a child process: no JAX (or its thread pool) in the process that times PyTorch."""
+def hf_worker(conn, hf_dir, ids, mask, pv, thw, args):
+    """A process holding the transformers side (no JAX in it): one timed generate per request."""
     import torch
     import transformers
     from transformers import Qwen2_5_VLForConditionalGeneration
-    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=getattr(torch, dtype)).eval()
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=getattr(torch, args.dtype)).eval()
     step_s = {}
     if args.hf_threads:
         threads = args.hf_threads
@@ -170,17 +170,48 @@ def bench_hf(hf_dir, dtype, ids, mask, pv, thw, args, result):
               num_return_sequences=args.samples, eos_token_id=None, pad_token_id=0, use_cache=True)
     with torch.no_grad():
         hf.generate(**kw, max_new_tokens=2)   # warm up allocators / kernels
-        times, cpu, tokens = [], [], 0
-        for i in range(args.hf_repeats):
-            torch.manual_seed(i)
+        conn.send(dict(version=transformers.__version__, torch=torch.__version__, threads=threads, step_s=step_s))
+        for seed in iter(conn.recv, None):
+            torch.manual_seed(seed)
             t0, c0 = time.perf_counter(), time.process_time()
             out = hf.generate(**kw, max_new_tokens=args.new_tokens)
-            times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-            tokens = int(out.shape[0] * (out.shape[1] - ids.shape[1]))
-    result.update(steady=float(np.median(times)), cpu=float(np.median(cpu)), tokens=tokens,
-                  version=transformers.__version__,
-                  torch=torch.__version__, threads=threads, step_s=step_s)
+            conn.send(dict(wall=time.perf_counter() - t0, cpu=time.process_time() - c0,
+                           tokens=int(out.shape[0] * (out.shape[1] - ids.shape[1]))))
+
+
+class Worker:
+    """One side of the benchmark in its own process (spawned: no thread pool of one competes with the other)."""
+
+    def __init__(self, fn, *args, env: dict | None = None):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        saved = dict(os.environ)
+        os.environ.update(env or {})
+        self.proc = ctx.Process(target=fn, args=(child, *args))
+        self.proc.start()
+        os.environ.clear()
+        os.environ.update(saved)
+        self.setup = self._recv()
+        self.runs = []
+
+    def _recv(self):
+        if not self.conn.poll(3600):
+            raise SystemExit("benchmark worker timed out")
+        try:
+            return self.conn.recv()
+        except EOFError:
+            raise SystemExit(f"benchmark worker died (exit code {self.proc.join() or self.proc.exitcode})") from None
+
+    def run(self, seed: int):
+        self.conn.send(seed)
+        self.runs.append(self._recv())
+
+    def stop(self):
+        self.conn.send(None)
+        self.proc.join()
+
+    def median(self, key: str) -> float:
+        return float(np.median([r[key] for r in self.runs]))
 
 
 def main():
@@ -195,8 +226,7 @@ def main():
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=3, help="steady-state jaxr1 runs (median reported)")
-    ap.add_argument("--hf-repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per side, interleaved (medians reported)")
     ap.add_argument("--xla-threads", choices=["all", "1", "both"], default=None,
                     help="XLA:CPU intra-op Eigen pool for jaxr1: all cores, or off (1; XLA's runtime may still use "
                          "a helper thread); both: run each, the ratio uses the faster. Default both for the cpu "
@@ -218,52 +248,50 @@ def main():
           f"top_k {args.top_k}")
     tmp = tempfile.TemporaryDirectory()
     xla_threads = args.xla_threads or ("both" if args.preset == "cpu" else "all")
-    settings = {"all": ["all"], "1": ["1"], "both": ["all", "1"]}[xla_threads]
-    jaxr1 = {}
-    for i, threads in enumerate(settings):
-        # Each side runs in its own process, so no thread pool of one competes with the other's.
-        os.environ["XLA_FLAGS"] = XLA_FLAGS_BASE + (" --xla_cpu_multi_thread_eigen=false" if threads == "1" else "")
+    settings = {"all": ["on"], "1": ["off"], "both": ["on", "off"]}[xla_threads]
+    sides = {}
+    for i, pool in enumerate(settings):   # set up one at a time, so compile times are not disturbed
+        flags = XLA_FLAGS_BASE + (" --xla_cpu_multi_thread_eigen=false" if pool == "off" else "")
         save = tmp.name if i == 0 and not args.skip_hf else None
-        j = jaxr1[threads] = run_child(bench_jaxr1, save, ids, mask, pv, thw, args)
-        step_s = j["decode"] / (args.new_tokens - 1)
-        pool = {"all": "on", "1": "off"}[threads]
-        print(f"jaxr1 [{j['device']}, XLA Eigen pool {pool}]: compile {j['first'] - j['steady']:.2f} s (first call "
-              f"{j['first']:.2f} s); steady {j['steady']:.3f} s (prefill {j['prefill']:.3f} s, "
-              f"decode {j['decode']:.3f} s "
-              f"= {1e3 * step_s:.2f} ms/step); {j['tokens'] / j['steady']:.1f} tokens/s; process CPU {j['cpu']:.1f} s")
-        nbytes = decode_bytes(cfg, 2 if args.dtype == "bfloat16" else 4, args.batch, j["prompt_len"], args.samples,
-                              args.new_tokens)
+        sides[f"jaxr1 pool {pool}"] = Worker(jaxr1_worker, save, ids, mask, pv, thw, args, env={"XLA_FLAGS": flags})
+    if not args.skip_hf:
+        sides["transformers"] = Worker(hf_worker, tmp.name, ids, mask, pv, thw, args)
+    for r in range(args.repeats):   # interleaved, so every side sees the same (shared machine) load
+        for w in sides.values():
+            w.run(1 + r)
+    for w in sides.values():
+        w.stop()
+
+    rate = lambda w: w.runs[0]["tokens"] / w.median("wall")
+    cpu_rate = lambda w: w.runs[0]["tokens"] / w.median("cpu")
+    for name, w in sides.items():
+        if name == "transformers":
+            h = w.setup
+            if h["step_s"]:
+                print("transformers thread calibration (s per decode step): "
+                      + ", ".join(f"{k} threads {v:.3f}" for k, v in h["step_s"].items()))
+            print(f"transformers {h['version']} (torch {h['torch']}, {h['threads']} threads): steady "
+                  f"{w.median('wall'):.3f} s; {rate(w):.1f} tokens/s; process CPU {w.median('cpu'):.1f} s")
+            continue
+        step_s = w.median("decode") / (args.new_tokens - 1)
+        print(f"jaxr1 [{w.setup['device']}, XLA Eigen pool {name.split()[-1]}]: compile "
+              f"{w.setup['first'] - w.median('wall'):.2f} s (first call {w.setup['first']:.2f} s); steady "
+              f"{w.median('wall'):.3f} s (prefill {w.median('prefill'):.3f} s, decode {w.median('decode'):.3f} s = "
+              f"{1e3 * step_s:.2f} ms/step); {rate(w):.1f} tokens/s; process CPU {w.median('cpu'):.1f} s")
+        nbytes = decode_bytes(cfg, 2 if args.dtype == "bfloat16" else 4, args.batch, w.runs[0]["prompt_len"],
+                              args.samples, args.new_tokens)
         line = f"  decode reads {nbytes / 1e6:.1f} MB per step -> {nbytes / step_s / 1e9:.1f} GB/s"
         if args.hbm_bandwidth:
             line += (f" = {100 * nbytes / step_s / args.hbm_bandwidth:.1f}% of the "
                      f"{args.hbm_bandwidth / 1e9:.0f} GB/s HBM roofline")
         print(line)
-    os.environ["XLA_FLAGS"] = XLA_FLAGS_BASE
-    best = max(jaxr1.values(), key=lambda j: j["tokens"] / j["steady"])
-    if not args.skip_hf:
-        h = run_child(bench_hf, tmp.name, args.dtype, ids, mask, pv, thw, args)
-        if h["step_s"]:
-            print("transformers thread calibration (s per decode step): "
-                  + ", ".join(f"{k} threads {v:.3f}" for k, v in h["step_s"].items()))
-        print(f"transformers {h['version']} (torch {h['torch']}, {h['threads']} threads): "
-              f"{h['steady']:.3f} s; {h['tokens'] / h['steady']:.1f} tokens/s; process CPU {h['cpu']:.1f} s")
-        ratio = (best["tokens"] / best["steady"]) / (h["tokens"] / h["steady"])
-        print(f"ratio jaxr1 / transformers (steady tokens/s, each at its best thread setting): {ratio:.2f}x")
+    if "transformers" in sides:
+        hf = sides.pop("transformers")
+        best = max(sides.values(), key=rate)
+        print(f"ratio jaxr1 / transformers (each at its best thread setting, {args.repeats} interleaved runs): "
+              f"tokens/s {rate(best) / rate(hf):.2f}x; tokens per CPU-second {cpu_rate(best) / cpu_rate(hf):.2f}x")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     tmp.cleanup()
-
-
-def run_child(fn, *args):
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Manager() as manager:
-        result = manager.dict()
-        proc = ctx.Process(target=fn, args=(*args, result))
-        proc.start()
-        proc.join()
-        out = dict(result)
-    if proc.exitcode != 0:
-        raise SystemExit(f"{fn.__name__} failed in its process (exit code {proc.exitcode})")
-    return out
 
 
 if __name__ == "__main__":
