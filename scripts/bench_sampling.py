@@ -3,12 +3,14 @@
     python scripts/bench_sampling.py                                   # CPU preset (results in benchmarks/RESULTS.md)
     python scripts/bench_sampling.py --preset 3b --dtype bfloat16 --skip-hf --hbm-bandwidth 3.35e12   # one GPU
 
-Each side runs in its own process (no thread pool of one competes with the other), and the timed runs of
-the sides are interleaved so that all see the same load on a shared machine. On a CPU both get their best
-thread setting: jaxr1 runs with XLA's Eigen intra-op pool on and off, transformers picks 1 or all torch
-threads by timing a few decode steps (on a loaded CPU one OpenMP thread is often several times faster).
-Besides wall-clock tokens/s the ratio is also given in tokens per process CPU-second, which the load of
-other processes does not move much.
+Each side runs in its own process (no thread pool of one competes with the other) and the timed runs of all
+sides are interleaved, so that they see the same load on a shared machine. Two settings, both by default:
+  all cores  jaxr1 with XLA's default thread pool; transformers with 1 or all torch threads, whichever runs
+             a few decode steps faster just before each timed run (on a loaded CPU one OpenMP thread is
+             often several times faster than two);
+  one core   both sides pinned to the same single core, single-threaded: a per-core comparison that the
+             load of other processes hardly moves.
+Besides wall-clock tokens/s the ratio is also given in tokens per process CPU-second.
 
 B prompts with one image each, G samples per prompt, a fixed number of new tokens (no EOS, so both sides
 generate the same count), sampling on (temperature 1, no top-k / top-p unless asked). jaxr1's compile time is
@@ -96,8 +98,14 @@ def decode_bytes(cfg, dtype_bytes: int, batch: int, prompt_len: int, samples: in
     return (weights + kv_read) * dtype_bytes
 
 
-def jaxr1_worker(conn, save_dir, ids, mask, pv, thw, args):
+def _pin(cores):
+    if cores:
+        os.sched_setaffinity(0, cores)
+
+
+def jaxr1_worker(conn, cores, save_dir, ids, mask, pv, thw, args):
     """A process holding the jaxr1 side: compiles once, then one timed rollout per request."""
+    _pin(cores)
     import jax
     from flax import nnx
 
@@ -130,18 +138,16 @@ def jaxr1_worker(conn, save_dir, ids, mask, pv, thw, args):
     assert compile_count() - c0 == 2, "steady-state runs recompiled"
 
 
-def pick_torch_threads(hf, rows: int, prompt_len: int) -> dict[int, float]:
-    """Seconds per decode step of `rows` rows for each candidate torch thread count. On a loaded CPU,
-    OpenMP with all cores can be several times slower than one thread; transformers gets its best."""
+def torch_step_seconds(hf, rows: int, thread_counts) -> dict[int, float]:
+    """Seconds per decode step of `rows` rows (short prompt) for each torch thread count."""
     import torch
-    ids = torch.randint(10, 5000, (rows, prompt_len))
+    ids = torch.randint(10, 5000, (rows, 16))
     timings = {}
-    for threads in sorted({1, os.cpu_count() or 1}):
+    for threads in thread_counts:
         torch.set_num_threads(threads)
         with torch.no_grad():
-            out = hf.model.language_model(input_ids=ids, use_cache=True)
-            pkv, tok, steps = out.past_key_values, ids[:, -1:], []
-            for i in range(4):
+            pkv, tok, steps = hf.model.language_model(input_ids=ids, use_cache=True).past_key_values, ids[:, -1:], []
+            for _ in range(4):
                 t0 = time.perf_counter()
                 o = hf(input_ids=tok, past_key_values=pkv, use_cache=True, logits_to_keep=1)
                 pkv, tok = o.past_key_values, o.logits[:, -1].argmax(-1, keepdim=True)
@@ -150,19 +156,15 @@ def pick_torch_threads(hf, rows: int, prompt_len: int) -> dict[int, float]:
     return timings
 
 
-def hf_worker(conn, hf_dir, ids, mask, pv, thw, args):
+def hf_worker(conn, cores, hf_dir, ids, mask, pv, thw, args):
     """A process holding the transformers side (no JAX in it): one timed generate per request."""
+    _pin(cores)
     import torch
     import transformers
     from transformers import Qwen2_5_VLForConditionalGeneration
     hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=getattr(torch, args.dtype)).eval()
-    step_s = {}
-    if args.hf_threads:
-        threads = args.hf_threads
-    else:
-        step_s = pick_torch_threads(hf, len(ids) * args.samples, ids.shape[1])
-        threads = min(step_s, key=step_s.get)
-    torch.set_num_threads(threads)
+    candidates = [1] if cores else sorted({1, len(os.sched_getaffinity(0))})
+    torch.set_num_threads(1)
     it = torch.as_tensor(ids)
     kw = dict(input_ids=it, attention_mask=torch.as_tensor(mask), pixel_values=torch.as_tensor(pv),
               image_grid_thw=torch.as_tensor(thw), mm_token_type_ids=(it == hf.config.image_token_id).int(),
@@ -170,17 +172,20 @@ def hf_worker(conn, hf_dir, ids, mask, pv, thw, args):
               num_return_sequences=args.samples, eos_token_id=None, pad_token_id=0, use_cache=True)
     with torch.no_grad():
         hf.generate(**kw, max_new_tokens=2)   # warm up allocators / kernels
-        conn.send(dict(version=transformers.__version__, torch=torch.__version__, threads=threads, step_s=step_s))
+        conn.send(dict(version=transformers.__version__, torch=torch.__version__))
         for seed in iter(conn.recv, None):
+            step_s = torch_step_seconds(hf, len(ids) * args.samples, candidates) if len(candidates) > 1 else {}
+            threads = min(step_s, key=step_s.get) if step_s else 1
+            torch.set_num_threads(threads)
             torch.manual_seed(seed)
             t0, c0 = time.perf_counter(), time.process_time()
             out = hf.generate(**kw, max_new_tokens=args.new_tokens)
-            conn.send(dict(wall=time.perf_counter() - t0, cpu=time.process_time() - c0,
+            conn.send(dict(wall=time.perf_counter() - t0, cpu=time.process_time() - c0, threads=threads,
                            tokens=int(out.shape[0] * (out.shape[1] - ids.shape[1]))))
 
 
 class Worker:
-    """One side of the benchmark in its own process (spawned: no thread pool of one competes with the other)."""
+    """One side of the benchmark in its own (spawned) process, answering one timed run per request."""
 
     def __init__(self, fn, *args, env: dict | None = None):
         ctx = multiprocessing.get_context("spawn")
@@ -200,7 +205,8 @@ class Worker:
         try:
             return self.conn.recv()
         except EOFError:
-            raise SystemExit(f"benchmark worker died (exit code {self.proc.join() or self.proc.exitcode})") from None
+            self.proc.join()
+            raise SystemExit(f"benchmark worker died (exit code {self.proc.exitcode})") from None
 
     def run(self, seed: int):
         self.conn.send(seed)
@@ -212,6 +218,12 @@ class Worker:
 
     def median(self, key: str) -> float:
         return float(np.median([r[key] for r in self.runs]))
+
+    def rate(self) -> float:
+        return self.runs[0]["tokens"] / self.median("wall")
+
+    def cpu_rate(self) -> float:
+        return self.runs[0]["tokens"] / self.median("cpu")
 
 
 def main():
@@ -227,11 +239,8 @@ def main():
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side, interleaved (medians reported)")
-    ap.add_argument("--xla-threads", choices=["all", "1", "both"], default=None,
-                    help="XLA:CPU intra-op Eigen pool for jaxr1: all cores, or off (1; XLA's runtime may still use "
-                         "a helper thread); both: run each, the ratio uses the faster. Default both for the cpu "
-                         "preset, all otherwise")
-    ap.add_argument("--hf-threads", type=int, default=0, help="torch threads; 0: the faster of 1 and all cores")
+    ap.add_argument("--threads", choices=["all", "one", "both"], default=None,
+                    help="CPU settings to compare (see above); default both for the cpu preset, all otherwise")
     ap.add_argument("--skip-hf", action="store_true", help="jaxr1 only (e.g. on a GPU without CUDA torch)")
     ap.add_argument("--hbm-bandwidth", type=float, default=None, help="bytes/s, e.g. 3.35e12 for an H100 SXM")
     ap.add_argument("--seed", type=int, default=0)
@@ -247,49 +256,45 @@ def main():
           f"samples x {args.new_tokens} new tokens, temperature {args.temperature}, top_p {args.top_p}, "
           f"top_k {args.top_k}")
     tmp = tempfile.TemporaryDirectory()
-    xla_threads = args.xla_threads or ("both" if args.preset == "cpu" else "all")
-    settings = {"all": ["on"], "1": ["off"], "both": ["on", "off"]}[xla_threads]
+    threads = args.threads or ("both" if args.preset == "cpu" else "all")
+    modes = {"all": ["all cores"], "one": ["one core"], "both": ["all cores", "one core"]}[threads]
+    one_core = {min(os.sched_getaffinity(0))}
     sides = {}
-    for i, pool in enumerate(settings):   # set up one at a time, so compile times are not disturbed
-        flags = XLA_FLAGS_BASE + (" --xla_cpu_multi_thread_eigen=false" if pool == "off" else "")
+    for i, mode in enumerate(modes):   # set up one at a time, so compile times are not disturbed
+        cores = one_core if mode == "one core" else None
+        flags = XLA_FLAGS_BASE + (" --xla_cpu_multi_thread_eigen=false" if cores else "")
         save = tmp.name if i == 0 and not args.skip_hf else None
-        sides[f"jaxr1 pool {pool}"] = Worker(jaxr1_worker, save, ids, mask, pv, thw, args, env={"XLA_FLAGS": flags})
-    if not args.skip_hf:
-        sides["transformers"] = Worker(hf_worker, tmp.name, ids, mask, pv, thw, args)
+        sides[("jaxr1", mode)] = Worker(jaxr1_worker, cores, save, ids, mask, pv, thw, args,
+                                        env={"XLA_FLAGS": flags})
+        if not args.skip_hf:
+            sides[("transformers", mode)] = Worker(hf_worker, cores, tmp.name, ids, mask, pv, thw, args)
     for r in range(args.repeats):   # interleaved, so every side sees the same (shared machine) load
         for w in sides.values():
             w.run(1 + r)
     for w in sides.values():
         w.stop()
 
-    rate = lambda w: w.runs[0]["tokens"] / w.median("wall")
-    cpu_rate = lambda w: w.runs[0]["tokens"] / w.median("cpu")
-    for name, w in sides.items():
-        if name == "transformers":
-            h = w.setup
-            if h["step_s"]:
-                print("transformers thread calibration (s per decode step): "
-                      + ", ".join(f"{k} threads {v:.3f}" for k, v in h["step_s"].items()))
-            print(f"transformers {h['version']} (torch {h['torch']}, {h['threads']} threads): steady "
-                  f"{w.median('wall'):.3f} s; {rate(w):.1f} tokens/s; process CPU {w.median('cpu'):.1f} s")
-            continue
-        step_s = w.median("decode") / (args.new_tokens - 1)
-        print(f"jaxr1 [{w.setup['device']}, XLA Eigen pool {name.split()[-1]}]: compile "
-              f"{w.setup['first'] - w.median('wall'):.2f} s (first call {w.setup['first']:.2f} s); steady "
-              f"{w.median('wall'):.3f} s (prefill {w.median('prefill'):.3f} s, decode {w.median('decode'):.3f} s = "
-              f"{1e3 * step_s:.2f} ms/step); {rate(w):.1f} tokens/s; process CPU {w.median('cpu'):.1f} s")
-        nbytes = decode_bytes(cfg, 2 if args.dtype == "bfloat16" else 4, args.batch, w.runs[0]["prompt_len"],
+    for mode in modes:
+        j = sides[("jaxr1", mode)]
+        step_s = j.median("decode") / (args.new_tokens - 1)
+        print(f"[{mode}] jaxr1 ({j.setup['device']}): compile {j.setup['first'] - j.median('wall'):.2f} s (first "
+              f"call {j.setup['first']:.2f} s); steady {j.median('wall'):.3f} s (prefill {j.median('prefill'):.3f} s, "
+              f"decode {j.median('decode'):.3f} s = {1e3 * step_s:.2f} ms/step); {j.rate():.1f} tokens/s; "
+              f"process CPU {j.median('cpu'):.1f} s")
+        nbytes = decode_bytes(cfg, 2 if args.dtype == "bfloat16" else 4, args.batch, j.runs[0]["prompt_len"],
                               args.samples, args.new_tokens)
-        line = f"  decode reads {nbytes / 1e6:.1f} MB per step -> {nbytes / step_s / 1e9:.1f} GB/s"
+        line = f"[{mode}]   decode reads {nbytes / 1e6:.1f} MB per step -> {nbytes / step_s / 1e9:.1f} GB/s"
         if args.hbm_bandwidth:
             line += (f" = {100 * nbytes / step_s / args.hbm_bandwidth:.1f}% of the "
                      f"{args.hbm_bandwidth / 1e9:.0f} GB/s HBM roofline")
         print(line)
-    if "transformers" in sides:
-        hf = sides.pop("transformers")
-        best = max(sides.values(), key=rate)
-        print(f"ratio jaxr1 / transformers (each at its best thread setting, {args.repeats} interleaved runs): "
-              f"tokens/s {rate(best) / rate(hf):.2f}x; tokens per CPU-second {cpu_rate(best) / cpu_rate(hf):.2f}x")
+        if ("transformers", mode) in sides:
+            h = sides[("transformers", mode)]
+            print(f"[{mode}] transformers {h.setup['version']} (torch {h.setup['torch']}, torch threads per run "
+                  f"{[r['threads'] for r in h.runs]}): steady {h.median('wall'):.3f} s; {h.rate():.1f} tokens/s; "
+                  f"process CPU {h.median('cpu'):.1f} s")
+            print(f"[{mode}] ratio jaxr1 / transformers ({args.repeats} interleaved runs each): tokens/s "
+                  f"{j.rate() / h.rate():.2f}x; tokens per CPU-second {j.cpu_rate() / h.cpu_rate():.2f}x")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     tmp.cleanup()
 
