@@ -95,6 +95,25 @@ def synthetic_row(seed: int, index: int, kind: str = "counting", **scene_kw) -> 
             "task": "grounding"}
 
 
+def describe_objects(objects: list[SceneObject]) -> str:
+    """'red circle, blue square': the objects in one canonical order (colour, then shape), e.g. as the
+    reasoning an SFT warm start teaches before the count."""
+    colors = list(COLORS)
+    ordered = sorted(objects, key=lambda o: (colors.index(o.color), SHAPES.index(o.shape)))
+    return ", ".join(f"{o.color} {o.shape}" for o in ordered)
+
+
+def scene_objects(source_name: str, row: int, max_objects: int = 6) -> list[SceneObject]:
+    """The objects of row `row` of the SyntheticSource called `source_name` (the name examples carry as
+    "source"); max_objects must be the source's."""
+    head, _, start = source_name.rpartition("@")
+    parts = head.split(":")
+    if len(parts) != 4 or parts[0] != "synthetic" or parts[1] not in KINDS:
+        raise ValueError(f"not a synthetic source name: {source_name!r}")
+    return make_scene(int(parts[3]), int(start) + row, max_objects=max_objects,
+                      distinct=parts[1] == "grounding")[1]
+
+
 def iter_synthetic(n: int, seed: int = 0, kind: str = "counting", **scene_kw) -> Iterator[dict]:
     for i in range(n):
         yield synthetic_row(seed, i, kind, **scene_kw)
