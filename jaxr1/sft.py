@@ -64,12 +64,20 @@ class SFTTrainer:
 
 
 def run_sft(model, tokenizer, image_processor, data_cfg, *, steps: int, lr: float, template: str,
-            max_target_length: int = 32, log_every: int = 20, callback=None):
-    """Train `model` for `steps` batches of `data_cfg`; returns the updated model and the loss history."""
+            max_target_length: int = 32, log_every: int = 20, callback=None, targets=None,
+            schedule_steps: int | None = None):
+    """Train `model` for `steps` batches of `data_cfg`; returns the updated model and the loss history.
+
+    targets(examples, length, eos_id) -> ([B, length] tokens, mask) replaces the template's targets (e.g. a
+    reasoning text built from each row's metadata). schedule_steps (default: steps) is the length of the
+    warmup-cosine schedule; stopping before its end leaves a partly trained model.
+    """
     from jaxr1.data import build_dataset
     from jaxr1.eval import eos_ids
     from jaxr1.rl.rollout import max_patches, model_inputs, split_prompts
-    trainer = SFTTrainer(model, lr, steps)
+    trainer = SFTTrainer(model, lr, schedule_steps or steps)
+    if targets is None:
+        targets = functools.partial(target_ids, tokenizer, template=template)
     it = iter(build_dataset(data_cfg, tokenizer, image_processor))
     eos = eos_ids(tokenizer)[0] if tokenizer.eos_token_id is None else tokenizer.eos_token_id
     patches = max_patches(image_processor)
@@ -77,7 +85,7 @@ def run_sft(model, tokenizer, image_processor, data_cfg, *, steps: int, lr: floa
     for step in range(1, steps + 1):
         batch = next(it)
         inputs, deltas = model_inputs(model.config, split_prompts(batch, 1)[0], patches_per_slot=patches)
-        tokens, mask = target_ids(tokenizer, batch.examples, template, max_target_length, eos)
+        tokens, mask = targets(batch.examples, length=max_target_length, eos_id=eos)
         mask = mask * batch.valid[:, None]
         trainer.params, trainer.opt_state, loss = trainer.step(trainer.params, trainer.opt_state, inputs, deltas,
                                                                tokens, mask)

@@ -1,8 +1,8 @@
 """python -m jaxr1.train [--config FILE.yaml] [key.sub=value ...]
 
 GRPO (and family) on Qwen2.5-VL, top to bottom: set up, model, data, rewards, evaluate, train loop, save.
-With no arguments it runs the embedded default: the embedded tiny checkpoint (SFT-warm-started) on synthetic
-counting scenes, printing held-out accuracy before and after RL.
+Without --config it runs the embedded default (jaxr1/assets/default.yaml, overrides still apply): the embedded
+tiny checkpoint (SFT-warm-started) on synthetic counting scenes, printing held-out accuracy before and after RL.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 
@@ -115,7 +116,8 @@ class RunLog:
         self.metrics.write(json.dumps({"step": step, **values}) + "\n")
         self.metrics.flush()
         for k, v in values.items():
-            self.tb.add_scalar(k, v, step)
+            # TensorBoard tags allow [A-Za-z0-9_./-]; per-source names ("synthetic:counting:...@0") get "_".
+            self.tb.add_scalar(re.sub(r"[^\w./-]", "_", k), v, step)
 
     def sample_rows(self, step: int, rows: list[dict]) -> None:
         if self.enabled:
@@ -156,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import yaml
 
+    from jaxr1.assets import DEFAULT_CONFIG
     from jaxr1.config import ConfigError, load_config, to_dict
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

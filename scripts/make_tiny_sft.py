@@ -1,9 +1,16 @@
 """Warm-start the embedded tiny checkpoint with a short SFT on synthetic counting scenes, reproducibly.
 
-    python scripts/make_tiny_sft.py [--steps N] [--out DIR] [--eval-every K]
+    python scripts/make_tiny_sft.py [--steps N] [--schedule-steps M] [--out DIR] [--eval-every K]
 
 Writes jaxr1/assets/tiny_qwen2_5_vl_sft (HF format): the model then answers in the R1 format and counts only
-partly right, which is where the embedded default's GRPO run starts. Prints held-out greedy accuracy.
+partly right, which is where the embedded default's GRPO run (jaxr1/assets/default.yaml) starts. Prints
+held-out greedy accuracy on the same held-out scenes the default run evaluates on.
+
+The target lists the scene's objects before the count, "<think>red circle, blue square</think><answer>2</answer>"
+(jaxr1.data.synthetic.describe_objects): with a fixed reasoning text ("I count the objects") the tiny model learns
+the format but never the count (chance after 600 steps); naming the objects gives the vision tower a dense
+signal, and the count is then the length of the list. Training stops part-way through its cosine schedule
+(--steps of --schedule-steps), while held-out accuracy is still climbing, so that RL has something to do.
 """
 from __future__ import annotations
 
@@ -11,18 +18,40 @@ import argparse
 import dataclasses
 import logging
 
+import numpy as np
+
+TEMPLATE = "<think>{objects}</think><answer>{count}</answer>"
+
+
+def scene_targets(tokenizer, max_objects: int):
+    """run_sft's `targets`: TEMPLATE filled from each row's scene, then eos."""
+    from jaxr1.data.synthetic import describe_objects, scene_objects
+
+    def targets(examples: list[dict], length: int, eos_id: int):
+        tokens = np.zeros((len(examples), length), np.int32)
+        mask = np.zeros((len(examples), length), np.int32)
+        for i, ex in enumerate(examples):
+            objects = scene_objects(ex["source"], ex["row"], max_objects)
+            text = TEMPLATE.format(objects=describe_objects(objects), count=len(objects))
+            ids = (tokenizer(text, add_special_tokens=False).input_ids + [eos_id])[:length]
+            tokens[i, :len(ids)], mask[i, :len(ids)] = ids, 1
+        return tokens, mask
+    return targets
+
 
 def main() -> None:
-    from jaxr1.assets import TINY_SFT_MODEL_DIR
+    from jaxr1.assets import DEFAULT_CONFIG, TINY_SFT_MODEL_DIR
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=275)
+    ap.add_argument("--schedule-steps", type=int, default=400, help="length of the warmup-cosine lr schedule")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-target-length", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=12345, help="data seed: scenes apart from RL's and the eval's")
     ap.add_argument("--eval-every", type=int, default=0)
-    ap.add_argument("--eval-rows", type=int, default=256)
     ap.add_argument("--out", default=TINY_SFT_MODEL_DIR)
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
 
     from jaxr1.config import load_config
@@ -30,7 +59,8 @@ def main() -> None:
     from jaxr1.models.qwen2_5_vl import save_hf
     from jaxr1.sft import run_sft
     from jaxr1.train import build_eval_batches, load_policy
-    cfg = load_config(None, ["model.path=tiny-random", f"data.num_eval={args.eval_rows}"])
+    # The embedded default's data settings (prompt, scenes, held-out split), so SFT sees the prompts RL will.
+    cfg = load_config(DEFAULT_CONFIG, ["model.path=tiny-random"])
     model, tokenizer, image_processor, model_dir = load_policy(cfg.model, cfg.data)
     eval_batches = build_eval_batches(cfg, tokenizer, image_processor)
 
@@ -42,11 +72,11 @@ def main() -> None:
         if args.eval_every and step % args.eval_every == 0:
             print(f"step {step}: held-out accuracy {accuracy(trainer.model()):.3f}", flush=True)
 
-    data_cfg = dataclasses.replace(cfg.data, batch_size=args.batch_size, seed=12345)
-    model, _ = run_sft(model, tokenizer, image_processor, data_cfg, steps=args.steps, lr=args.lr,
-                       template=cfg.sft.target_template, max_target_length=cfg.sft.max_target_length,
-                       callback=callback)
-    print(f"final held-out accuracy {accuracy(model):.3f}")
+    data_cfg = dataclasses.replace(cfg.data, batch_size=args.batch_size, seed=args.seed)
+    model, _ = run_sft(model, tokenizer, image_processor, data_cfg, steps=args.steps, lr=args.lr, template="",
+                       max_target_length=args.max_target_length, log_every=25, callback=callback,
+                       targets=scene_targets(tokenizer, cfg.data.max_objects), schedule_steps=args.schedule_steps)
+    print(f"final held-out accuracy {accuracy(model):.3f} on {cfg.data.num_eval} rows")
     save_hf(model, args.out, source_dir=model_dir)
     print(f"wrote {args.out}")
 

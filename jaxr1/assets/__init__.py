@@ -10,3 +10,6 @@ def tiny_model_dir() -> str:
 # The same model after a short SFT warm start on synthetic counting (scripts/make_tiny_sft.py): it knows the
 # <think>/<answer> format and counts only partly right; the embedded default trains it further with GRPO.
 TINY_SFT_MODEL_DIR = os.path.join(os.path.dirname(__file__), "tiny_qwen2_5_vl_sft")
+
+# The config `python -m jaxr1.train` runs when no --config is given: GRPO on the tiny SFT model, 2-core CPU.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "default.yaml")

@@ -34,7 +34,8 @@ def test_yaml_typo_and_bad_values(tmp_path):
 def test_shipped_configs_load():
     import glob
     import os
-    files = glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "*.yaml"))
+    from jaxr1.assets import DEFAULT_CONFIG
+    files = glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "*.yaml")) + [DEFAULT_CONFIG]
     for f in files:
         first = open(f).readline()
         assert first.startswith("#"), f"{f}: must start with a header comment"
