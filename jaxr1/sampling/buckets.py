@@ -17,7 +17,9 @@ from jaxr1.models.qwen2_5_vl.model import ModelInputs, prepare_inputs
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
-class PromptBatch:
+class SamplerPrompts:
+    """Prompts as the sampler takes them: bucketed model inputs plus what decode needs to continue each row.
+    (jaxr1.data's PromptBatch is the host-side batch from the data pipeline; train.py turns one into this.)"""
     inputs: ModelInputs          # [B, Tp] left padded, with M-RoPE positions and the image slot layout
     prompt_lengths: np.ndarray   # [B] int32 valid prompt tokens
     rope_deltas: np.ndarray      # [B] int32: continuation token j sits at text position length + delta + j
@@ -41,7 +43,7 @@ def bucket_gen_length(n: int) -> int:
 
 
 def prepare_prompts(cfg: ModelConfig, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
-                    pad_token_id: int = 0, prompt_length: int | None = None) -> PromptBatch:
+                    pad_token_id: int = 0, prompt_length: int | None = None) -> SamplerPrompts:
     """From what the tokenizer (left or right padded) and image processor produce, as numpy arrays."""
     ids = np.asarray(input_ids)
     if ids.ndim != 2:
@@ -61,4 +63,4 @@ def prepare_prompts(cfg: ModelConfig, input_ids, attention_mask=None, pixel_valu
         aligned[i, tp - lengths[i]:] = row[m]
         aligned_mask[i, tp - lengths[i]:] = 1
     inputs, deltas = prepare_inputs(cfg, aligned, aligned_mask, pixel_values, image_grid_thw)
-    return PromptBatch(inputs, lengths, np.asarray(deltas, np.int32))
+    return SamplerPrompts(inputs, lengths, np.asarray(deltas, np.int32))

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxr1.models.qwen2_5_vl.text import KVCache
-from jaxr1.sampling.buckets import PromptBatch
+from jaxr1.sampling.buckets import SamplerPrompts
 from jaxr1.sampling.decode import GenKV, PromptKV, decode_step, layer_params
 from jaxr1.sampling.functions import SamplingMode, sample_tokens
 
@@ -89,7 +89,7 @@ def _record(s: SamplerState, spec: DecodeSpec, token, lp, slp, gen: GenKV) -> Sa
         step=s.step + 1)
 
 
-def _prefill(graphdef, params, batch: PromptBatch, key, max_new_tokens, temperature, top_p, *,
+def _prefill(graphdef, params, batch: SamplerPrompts, key, max_new_tokens, temperature, top_p, *,
              spec: DecodeSpec) -> SamplerState:
     TRACES["prefill"] += 1
     model = nnx.merge(graphdef, params)
@@ -138,7 +138,7 @@ prefill_fn = jax.jit(_prefill, static_argnames=("graphdef", "spec"))
 decode_fn = jax.jit(_decode, static_argnames=("graphdef", "spec"), donate_argnames=("state",))
 
 
-def sample(graphdef, params, batch: PromptBatch, key: jax.Array, *, max_new_tokens: int, temperature: float,
+def sample(graphdef, params, batch: SamplerPrompts, key: jax.Array, *, max_new_tokens: int, temperature: float,
            top_p: float, spec: DecodeSpec) -> SampleOutput:
     """The jitted core: weights are arguments (never closed over). Returns device arrays cut to
     max_new_tokens columns."""
