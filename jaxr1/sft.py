@@ -24,19 +24,22 @@ from jaxr1.rl.policy import completion_logprobs
 log = logging.getLogger("jaxr1.sft")
 
 
-def target_ids(tokenizer, examples: list[dict], template: str, length: int, eos_id: int):
-    """[B, length] target tokens (the filled template + eos) and their mask; answers unwrapped from tags."""
-    from jaxr1.rewards import extract_answer
-    tokens = np.zeros((len(examples), length), np.int32)
-    mask = np.zeros((len(examples), length), np.int32)
-    for i, ex in enumerate(examples):
-        gold = str(ex["answer"])
-        answer = extract_answer(gold) or gold
-        ids = tokenizer(template.format(answer=answer.strip()), add_special_tokens=False).input_ids + [eos_id]
-        ids = ids[:length]
+def encode_targets(tokenizer, texts: list[str], length: int, eos_id: int):
+    """[B, length] target tokens (each text + eos, cut to length) and their mask."""
+    tokens = np.zeros((len(texts), length), np.int32)
+    mask = np.zeros((len(texts), length), np.int32)
+    for i, text in enumerate(texts):
+        ids = (tokenizer(text, add_special_tokens=False).input_ids + [eos_id])[:length]
         tokens[i, :len(ids)] = ids
         mask[i, :len(ids)] = 1
     return tokens, mask
+
+
+def target_ids(tokenizer, examples: list[dict], template: str, length: int, eos_id: int):
+    """encode_targets of the template filled with each row's gold answer (unwrapped from its tags)."""
+    from jaxr1.rewards import extract_answer
+    answers = [extract_answer(str(ex["answer"])) or str(ex["answer"]) for ex in examples]
+    return encode_targets(tokenizer, [template.format(answer=a.strip()) for a in answers], length, eos_id)
 
 
 class SFTTrainer:
@@ -63,18 +66,21 @@ class SFTTrainer:
         return nnx.merge(self.graphdef, self.params)
 
 
-def run_sft(model, tokenizer, image_processor, data_cfg, *, steps: int, lr: float, template: str,
+def run_sft(model, tokenizer, image_processor, data_cfg, *, steps: int, lr: float, template: str | None = None,
             max_target_length: int = 32, log_every: int = 20, callback=None, targets=None,
             schedule_steps: int | None = None):
     """Train `model` for `steps` batches of `data_cfg`; returns the updated model and the loss history.
 
-    targets(examples, length, eos_id) -> ([B, length] tokens, mask) replaces the template's targets (e.g. a
-    reasoning text built from each row's metadata). schedule_steps (default: steps) is the length of the
-    warmup-cosine schedule; stopping before its end leaves a partly trained model.
+    Targets come from `template` (filled with each row's answer) or from targets(examples, length, eos_id) ->
+    ([B, length] tokens, mask), e.g. a reasoning text built from each row's metadata (see encode_targets).
+    schedule_steps (default: steps) is the length of the warmup-cosine schedule; stopping before its end leaves
+    a partly trained model.
     """
     from jaxr1.data import build_dataset
     from jaxr1.eval import eos_ids
     from jaxr1.rl.rollout import max_patches, model_inputs, split_prompts
+    if (template is None) == (targets is None):
+        raise ValueError("run_sft needs exactly one of template and targets")
     trainer = SFTTrainer(model, lr, schedule_steps or steps)
     if targets is None:
         targets = functools.partial(target_ids, tokenizer, template=template)

@@ -18,24 +18,18 @@ import argparse
 import dataclasses
 import logging
 
-import numpy as np
-
 TEMPLATE = "<think>{objects}</think><answer>{count}</answer>"
 
 
 def scene_targets(tokenizer, max_objects: int):
     """run_sft's `targets`: TEMPLATE filled from each row's scene, then eos."""
     from jaxr1.data.synthetic import describe_objects, scene_objects
+    from jaxr1.sft import encode_targets
 
     def targets(examples: list[dict], length: int, eos_id: int):
-        tokens = np.zeros((len(examples), length), np.int32)
-        mask = np.zeros((len(examples), length), np.int32)
-        for i, ex in enumerate(examples):
-            objects = scene_objects(ex["source"], ex["row"], max_objects)
-            text = TEMPLATE.format(objects=describe_objects(objects), count=len(objects))
-            ids = (tokenizer(text, add_special_tokens=False).input_ids + [eos_id])[:length]
-            tokens[i, :len(ids)], mask[i, :len(ids)] = ids, 1
-        return tokens, mask
+        scenes = [scene_objects(ex["source"], ex["row"], max_objects) for ex in examples]
+        texts = [TEMPLATE.format(objects=describe_objects(objs), count=len(objs)) for objs in scenes]
+        return encode_targets(tokenizer, texts, length, eos_id)
     return targets
 
 
@@ -73,7 +67,7 @@ def main() -> None:
             print(f"step {step}: held-out accuracy {accuracy(trainer.model()):.3f}", flush=True)
 
     data_cfg = dataclasses.replace(cfg.data, batch_size=args.batch_size, seed=args.seed)
-    model, _ = run_sft(model, tokenizer, image_processor, data_cfg, steps=args.steps, lr=args.lr, template="",
+    model, _ = run_sft(model, tokenizer, image_processor, data_cfg, steps=args.steps, lr=args.lr,
                        max_target_length=args.max_target_length, log_every=25, callback=callback,
                        targets=scene_targets(tokenizer, cfg.data.max_objects), schedule_steps=args.schedule_steps)
     print(f"final held-out accuracy {accuracy(model):.3f} on {cfg.data.num_eval} rows")

@@ -79,8 +79,13 @@ def _put(x, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def place(tree, shardings):
+    """Put every leaf of `tree` (held in full by every process) onto its sharding in `shardings`."""
+    return jax.tree.map(_put, tree, shardings)
+
+
 def shard_params(params, mesh, rules=PARAM_RULES):
-    return jax.tree.map(_put, params, param_shardings(params, mesh, rules))
+    return place(params, param_shardings(params, mesh, rules))
 
 
 def batch_sharding(mesh, ndim: int, batch_dim: int = 0, size: int | None = None) -> NamedSharding:

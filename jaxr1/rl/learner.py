@@ -55,25 +55,26 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, params, *, freeze_vision:
     return tx, schedule
 
 
+def _abstract_on(tree, shardings):
+    """Shapes and dtypes of `tree` with the given shardings, nothing allocated (the dry run's inputs)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
 class Learner:
     def __init__(self, model: Qwen2_5_VL, rl: RLConfig, optim: OptimConfig, total_steps: int, *,
                  compute_dtype: str = "float32", remat: bool = False, freeze_vision: bool = False, mesh=None,
                  abstract: bool = False):
         """abstract=True (a model from nnx.eval_shape): shapes and shardings only, nothing allocated (dry run)."""
         self.graphdef, self.params = nnx.split(model, nnx.Param)
-        # Gradients are constrained to the parameters' shardings: left to propagation, XLA keeps some of them
-        # (e.g. the embedding's) replicated, an all-reduce where a reduce-scatter does (1.6x the gradient
-        # memory per device in the 7B dry run).
-        self.grad_shardings = None
+        # The parameters' shardings, which the gradients are constrained to as well: left to propagation,
+        # XLA keeps some gradients (e.g. the embedding's) replicated, an all-reduce where a reduce-scatter
+        # does (1.6x the gradient memory per device in the 7B dry run).
+        self.param_shardings = None
         if mesh is not None:
-            from jaxr1.parallel import param_shardings
-            self.grad_shardings = param_shardings(self.params, mesh)
-        if mesh is not None and abstract:
-            self.params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                       self.params, self.grad_shardings)
-        elif mesh is not None:  # optimizer moments are created from (and so sharded like) the parameters
-            from jaxr1.parallel import shard_params
-            self.params = shard_params(self.params, mesh)
+            from jaxr1.parallel.rules import param_shardings, place
+            self.param_shardings = param_shardings(self.params, mesh)
+            self.params = (_abstract_on(self.params, self.param_shardings) if abstract
+                           else place(self.params, self.param_shardings))
         self.rl = rl
         self.compute_dtype = jnp.dtype(compute_dtype)
         self.remat, self.freeze_vision = remat, freeze_vision
@@ -84,10 +85,8 @@ class Learner:
         else:
             # Adam moments sit at the parameters' paths (e.g. .../mu/language_model/layers/q_kernel), so the
             # same path rules shard them like their parameters; step counters stay replicated.
-            from jaxr1.parallel import param_shardings
             shardings = param_shardings(abstract_opt, mesh)
-            self.opt_state = (jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                           abstract_opt, shardings) if abstract
+            self.opt_state = (_abstract_on(abstract_opt, shardings) if abstract
                               else jax.jit(self.tx.init, out_shardings=shardings)(self.params))
         self.skipped_updates = 0
 
@@ -121,8 +120,8 @@ class Learner:
     @functools.partial(jax.jit, static_argnums=0)
     def grads(self, params, mb: MicroBatch, normalizer):
         (loss, (metrics, logprobs)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, mb, normalizer)
-        if self.grad_shardings is not None:
-            grads = jax.lax.with_sharding_constraint(grads, self.grad_shardings)
+        if self.param_shardings is not None:
+            grads = jax.lax.with_sharding_constraint(grads, self.param_shardings)
         metrics["loss"] = loss
         return grads, metrics, logprobs
 

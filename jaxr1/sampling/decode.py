@@ -85,8 +85,9 @@ def layer_params(lm: TextDecoder, layer_loop: str):
 
 def shared_prefix_attention(q, pk, pv, p_valid, gk, gv, g_valid):
     """q [R, H, hd] with R = B*n; prompt pk/pv [B, Hkv, Tp, hd], p_valid [B, Tp]; own keys gk [R, Hkv, hd, N]
-    and values gv [R, Hkv, N, hd], g_valid [N]. One softmax over both parts, in float32 as `jaxr1.ops.attention`: a shared running max,
-    then (e_prompt @ v_prompt + e_own @ v_own) / (sum e_prompt + sum e_own), with no concatenated scores."""
+    and values gv [R, Hkv, N, hd], g_valid [N]. One softmax over both parts, in float32 as
+    `jaxr1.ops.attention`: a shared running max, then (e_prompt @ v_prompt + e_own @ v_own) /
+    (sum e_prompt + sum e_own), with no concatenated scores."""
     r, h, hd = q.shape
     b, hkv, tp, _ = pk.shape
     n, g = r // b, h // hkv

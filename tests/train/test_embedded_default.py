@@ -9,7 +9,8 @@ import pytest
 
 @pytest.mark.slow
 def test_embedded_default_raises_held_out_accuracy(tmp_path):
-    # The real command, in its own process, as a user runs it (output_dir only keeps the run out of the repo).
+    # The real command, in its own process, as a user runs it (output_dir only keeps the run out of the repo;
+    # XLA_FLAGS is cleared so forced host devices from another test setup cannot change the run's mesh).
     proc = subprocess.run([sys.executable, "-m", "jaxr1.train", f"output_dir={tmp_path / 'run'}"],
                           capture_output=True, text=True, timeout=15 * 60, cwd=tmp_path,
                           env={**os.environ, "XLA_FLAGS": ""})
