@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxr1.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL
-from jaxr1.models.qwen2_5_vl.params import copy_tokenizer_files
+from jaxr1.models.qwen2_5_vl.params import CheckpointError, copy_tokenizer_files
 
 PARAMS_DIR = "params"
 
@@ -31,6 +31,49 @@ def save_model(model: Qwen2_5_VL, out_dir: str, *, source_dir: str | None = None
         copy_tokenizer_files(source_dir, out_dir)
 
 
+def save_model_files(model_config: ModelConfig, dtype: str, source_dir: str, out_dir: str) -> None:
+    """config.json + tokenizer/processor files: what a bare training checkpoint needs beside it to load."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(model_config.to_hf_dict(dtype), f, indent=2)
+    copy_tokenizer_files(source_dir, out_dir)
+
+
+def is_train_checkpoint(path: str) -> bool:
+    """A step directory the trainer writes (RUN/checkpoints/STEP/state, orbax)."""
+    return os.path.isdir(os.path.join(path, "state")) and os.path.basename(os.path.normpath(path)).isdigit()
+
+
+def load_train_checkpoint(step_dir: str, dtype: str | None = None) -> Qwen2_5_VL:
+    """The policy of a training checkpoint (RUN/checkpoints/STEP): its parameters only (the optimizer state is
+    not read), with the model config from RUN/model_files/."""
+    from jaxr1.loading import RUN_MODEL_FILES
+    step_dir = os.path.abspath(step_dir)
+    files = os.path.join(os.path.dirname(os.path.dirname(step_dir)), RUN_MODEL_FILES)
+    if not os.path.isfile(os.path.join(files, "config.json")):
+        raise CheckpointError(f"{step_dir}: a training checkpoint without its run's {RUN_MODEL_FILES}/config.json "
+                              f"(expected at {files}); it was written by an older jaxr1: export it from the same "
+                              f"run directory's checkpoint/ instead")
+    model = _abstract_model(files, dtype)
+    abstract = nnx.state(model, nnx.Param)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])   # saved sharded; restored whole, on one device
+    target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract)}
+    with ocp.PyTreeCheckpointer() as ckptr:
+        restored = ckptr.restore(os.path.join(step_dir, "state"),
+                                 args=ocp.args.PyTreeRestore(target, partial_restore=True,
+                                                             restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+    nnx.update(model, jax.tree.map(lambda x, ref: jnp.asarray(x, ref.dtype), restored["params"], target["params"]))
+    return model
+
+
+def _abstract_model(model_dir: str, dtype: str | None) -> Qwen2_5_VL:
+    cfg = ModelConfig.from_hf_dir(model_dir)
+    with open(os.path.join(model_dir, "config.json")) as f:
+        saved = json.load(f)
+    saved_dtype = saved.get("dtype") or saved.get("torch_dtype") or "float32"
+    return nnx.eval_shape(lambda: Qwen2_5_VL(cfg, jnp.dtype(dtype or saved_dtype)))
+
+
 def is_model_checkpoint(path: str) -> bool:
     return os.path.isdir(os.path.join(path, PARAMS_DIR)) and os.path.isfile(os.path.join(path, "config.json"))
 
@@ -38,13 +81,13 @@ def is_model_checkpoint(path: str) -> bool:
 def load_model(ckpt_dir: str, dtype: str | None = None) -> Qwen2_5_VL:
     """Restore a model saved by `save_model` (dtype: as saved unless given)."""
     if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"{ckpt_dir}: no such directory")
+        raise CheckpointError(f"{ckpt_dir}: no such directory")
+    if is_train_checkpoint(ckpt_dir):
+        return load_train_checkpoint(ckpt_dir, dtype)
     if not is_model_checkpoint(ckpt_dir):
-        raise FileNotFoundError(f"{ckpt_dir}: not a jaxr1 checkpoint (needs config.json and {PARAMS_DIR}/)")
-    cfg = ModelConfig.from_hf_dir(ckpt_dir)
-    with open(os.path.join(ckpt_dir, "config.json")) as f:
-        saved_dtype = json.load(f).get("dtype", "float32")
-    model = nnx.eval_shape(lambda: Qwen2_5_VL(cfg, jnp.dtype(dtype or saved_dtype)))
+        raise CheckpointError(f"{ckpt_dir}: not a jaxr1 checkpoint (a model checkpoint has config.json and "
+                              f"{PARAMS_DIR}/; a training checkpoint is RUN/checkpoints/STEP)")
+    model = _abstract_model(ckpt_dir, dtype)
     abstract = nnx.state(model, nnx.Param)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(abstract))
     with ocp.StandardCheckpointer() as ckptr:
@@ -71,15 +114,28 @@ class TrainCheckpointer:
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)), force=force)
 
+    def restore(self, step: int, abstract_state) -> tuple[int, object, dict]:
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        return step, out["state"], out["meta"]
+
+    def delete_after(self, step: int) -> None:
+        """Remove checkpoints past `step` (a run resumed from an earlier step replaces them), saying which."""
+        later = [s for s in self.manager.all_steps() if s > step]
+        if later:
+            import logging
+            logging.getLogger("jaxr1.checkpoint").warning(
+                "resuming from step %d: removing the later checkpoints %s of the replaced branch", step, later)
+            for s in later:
+                self.manager.delete(s)
+
     def restore_latest(self, abstract_state) -> tuple[int, object, dict] | None:
         """(step, state, meta) of the newest restorable step, or None when there is none."""
         import logging
         log = logging.getLogger("jaxr1.checkpoint")
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                out = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-                return step, out["state"], out["meta"]
+                return self.restore(step, abstract_state)
             except Exception as e:  # corrupted or partial: fall back to the previous step
                 log.warning("checkpoint step %d in %s cannot be restored (%s: %s); trying the previous one",
                             step, self.directory, type(e).__name__, str(e)[:300])

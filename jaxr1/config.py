@@ -13,6 +13,7 @@ import typing
 from typing import Any
 
 from jaxr1.data.config import DataConfig
+from jaxr1.errors import UserError
 
 import yaml
 
@@ -72,6 +73,11 @@ class RewardsConfig:
         default_factory=lambda: [RewardSpec("accuracy", 1.0), RewardSpec("format", 0.5)])
     num_workers: int = 2
     timeout_s: float = 5.0
+    # How the verifier compares numbers (the accuracy reward and held-out accuracy): "exact" (equal after
+    # rounding to 6 decimals; a rounded-decimal gold matches values that round to it) or "rounded" (a
+    # prediction decimal with >= min_sig_digits significant digits matches an exact gold it rounds to).
+    numeric_match: str = "exact"
+    min_sig_digits: int = 3
 
 
 @dataclasses.dataclass
@@ -120,9 +126,13 @@ class Config:
     save_every: int = 0                   # orbax checkpoint every N steps (0 = only at the end)
     keep_checkpoints: int = 2
     export_hf: bool = True
+    # An output_dir that holds a run: "auto" resumes it when the config is compatible (else stops, naming the
+    # differing keys); "never" starts over (old files moved aside); "force" continues it anyway; STEP resumes
+    # from that checkpoint.
+    resume: int | str = "auto"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 
@@ -167,6 +177,10 @@ def _coerce(hint, value, path):
         if type(None) in args or hint is Any:
             return None
         raise ConfigError(f"{path}: may not be null")
+    if origin in (typing.Union, types.UnionType) and len([a for a in args if a is not type(None)]) > 1:
+        if isinstance(value, bool) or not isinstance(value, tuple(a for a in args if a is not type(None))):
+            raise ConfigError(f"{path}: expected {' or '.join(a.__name__ for a in args)}, got {value!r}")
+        return value
     base = next((a for a in args if a is not type(None)), hint) if origin in (typing.Union, types.UnionType) else hint
     if base is float and not isinstance(value, bool):
         try:
@@ -179,7 +193,8 @@ def _coerce(hint, value, path):
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """The resolved config as plain YAML data (tuples as lists): what a run saves as config.yaml."""
+    return yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
 
 def apply_override(raw: dict, dotted: str) -> None:
@@ -223,12 +238,15 @@ def validate(cfg: Config) -> None:
         "optim.schedule": (cfg.optim.schedule, ("constant", "cosine")),
         "model.param_dtype": (cfg.model.param_dtype, ("float32", "bfloat16")),
         "model.compute_dtype": (cfg.model.compute_dtype, ("float32", "bfloat16")),
+        "rewards.numeric_match": (cfg.rewards.numeric_match, ("exact", "rounded")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: expected one of {allowed}")
     if cfg.rl.num_generations < 1 or cfg.data.batch_size < 1 or cfg.rl.max_completion_length < 1:
         raise ConfigError("rl.num_generations, data.batch_size and rl.max_completion_length must be >= 1")
+    if not (cfg.resume in ("auto", "never", "force") or isinstance(cfg.resume, int) and cfg.resume >= 0):
+        raise ConfigError(f"resume={cfg.resume!r}: expected auto, never, force or a checkpoint step")
     mb = cfg.rl.micro_batch_prompts
     if mb and cfg.data.batch_size % mb:
         raise ConfigError(f"rl.micro_batch_prompts={mb} must divide data.batch_size={cfg.data.batch_size}")

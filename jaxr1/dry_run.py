@@ -24,7 +24,7 @@ GB = 1024**3
 
 def model_config(path: str):
     from jaxr1.models.qwen2_5_vl import ModelConfig
-    from jaxr1.train import resolve_model_dir
+    from jaxr1.loading import resolve_model_dir
     key = path.lower().rstrip("/")
     if key in NAMED_SIZES and not os.path.isdir(path):
         return getattr(ModelConfig, NAMED_SIZES[key])()

@@ -1,7 +1,10 @@
-"""python -m jaxr1.eval --model DIR --data FILE [key=value ...]
+"""python -m jaxr1.eval --model DIR [--data FILE] [--out ANSWERS.jsonl] [key=value ...]
 
 Greedy (or sampled pass@k) evaluation with the training data code and verifier: accuracy overall and per
 task/source, answers written to JSONL. `evaluate` is also what the trainer runs on its held-out split.
+Given a run directory (or a checkpoint inside one), the run's config.yaml supplies the system prompt,
+question template, data settings, verifier policy and eval settings, and its held-out set is the default
+data; command-line keys override them.
 """
 from __future__ import annotations
 
@@ -13,12 +16,8 @@ import sys
 
 import numpy as np
 
+from jaxr1.loading import decode_completions, eos_ids
 from jaxr1.rewards import RewardScorer
-
-
-def decode_completions(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
-    return tokenizer.batch_decode([t[:n] for t, n in zip(np.asarray(tokens), np.asarray(lengths))],
-                                  skip_special_tokens=True)
 
 
 def evaluate(model, batches, tokenizer, *, eos_token_ids, max_new_tokens: int = 64, num_samples: int = 1,
@@ -61,28 +60,50 @@ def evaluate(model, batches, tokenizer, *, eos_token_ids, max_new_tokens: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jaxr1.eval", description=__doc__.splitlines()[2])
-    ap.add_argument("--model", required=True, help="HF directory or jaxr1 checkpoint")
-    ap.add_argument("--data", required=True, help="data file/dir (or synthetic:counting:N:SEED)")
-    ap.add_argument("--out", default=None, help="answers JSONL (default: next to nothing, printed only)")
-    ap.add_argument("overrides", nargs="*", help="eval.* / data.* keys, e.g. eval.num_samples=8")
+    ap = argparse.ArgumentParser(prog="python -m jaxr1.eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True,
+                    help="a run directory (its newest checkpoint), a checkpoint inside one, an HF directory, a "
+                         "jaxr1 checkpoint or a hub name")
+    ap.add_argument("--data", default=None,
+                    help="data file/dir/hub name or synthetic:counting:N:SEED (default: the run's held-out set)")
+    ap.add_argument("--out", default=None, help="answers JSONL (default: not written, metrics printed only)")
+    ap.add_argument("overrides", nargs="*", help="config keys, e.g. eval.num_samples=8 data.system_prompt=none")
     args = ap.parse_args(argv)
+    from jaxr1.errors import run_cli
+    return run_cli(lambda: _eval(args), "jaxr1.eval")
+
+
+def _eval(args) -> int:
     from jaxr1.config import load_config
-    from jaxr1.train import build_eval_batches, load_policy
-    cfg = load_config(None, [f"data.path={args.data}", f"model.path={args.model}", *args.overrides])
-    model, tokenizer, image_processor, model_dir = load_policy(cfg.model, cfg.data)
-    batches = build_eval_batches(cfg, tokenizer, image_processor, data_cfg=cfg.data)
-    metrics = evaluate(model, batches, tokenizer, eos_token_ids=eos_ids(tokenizer),
-                       max_new_tokens=cfg.eval.max_new_tokens, num_samples=cfg.eval.num_samples,
-                       temperature=cfg.eval.temperature, out_path=args.out)
+    from jaxr1.errors import UserError
+    from jaxr1.loading import (RUN_CONFIG, build_eval_batches, load_policy, resolve_model_dir, reward_specs,
+                               run_dir_of)
+    # A model from a run is evaluated with that run's prompt, template, data and verifier settings.
+    run_dir = run_dir_of(resolve_model_dir(args.model))
+    base = os.path.join(run_dir, RUN_CONFIG) if run_dir else None
+    overrides = [f"model.path={args.model}", *([f"data.path={args.data}", "data.eval_path=null"] if args.data else [])]
+    cfg = load_config(base, [*overrides, *args.overrides])
+    data_cfg = cfg.data if args.data else cfg.data.for_eval()
+    if data_cfg is None:
+        raise UserError(f"no held-out data: {'the run ' + run_dir + ' has no eval split' if run_dir else 'no run config'}"
+                        f"; pass --data FILE")
+    print(f"evaluating {args.model} on {', '.join(data_cfg.paths)}"
+          f"{' with the settings of the run in ' + run_dir if run_dir else ''}", file=sys.stderr)
+    model, tokenizer, image_processor, _ = load_policy(cfg.model, cfg.data)
+    if cfg.model.compute_dtype != cfg.model.param_dtype:   # as the trainer's own evaluations run
+        import jax
+        from flax import nnx
+        graphdef, params = nnx.split(model)
+        model = nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(cfg.model.compute_dtype), params))
+    batches = build_eval_batches(cfg, tokenizer, image_processor, data_cfg=data_cfg)
+    with RewardScorer(reward_specs(cfg.rewards, only=("accuracy",)), num_workers=cfg.rewards.num_workers,
+                      timeout_s=cfg.rewards.timeout_s) as scorer:
+        metrics = evaluate(model, batches, tokenizer, eos_token_ids=eos_ids(tokenizer),
+                           max_new_tokens=cfg.eval.max_new_tokens, num_samples=cfg.eval.num_samples,
+                           temperature=cfg.eval.temperature, scorer=scorer, out_path=args.out)
     print(json.dumps(metrics, indent=2))
     return 0
-
-
-def eos_ids(tokenizer) -> tuple[int, ...]:
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"),
-           tokenizer.convert_tokens_to_ids("<|endoftext|>")}
-    return tuple(sorted(i for i in ids if isinstance(i, int) and i >= 0))
 
 
 if __name__ == "__main__":

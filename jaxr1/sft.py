@@ -77,7 +77,7 @@ def run_sft(model, tokenizer, image_processor, data_cfg, *, steps: int, lr: floa
     a partly trained model.
     """
     from jaxr1.data import build_dataset
-    from jaxr1.eval import eos_ids
+    from jaxr1.loading import eos_ids
     from jaxr1.rl.rollout import max_patches, model_inputs, split_prompts
     if (template is None) == (targets is None):
         raise ValueError("run_sft needs exactly one of template and targets")
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from jaxr1.config import load_config
     from jaxr1.models.qwen2_5_vl import save_hf
-    from jaxr1.train import load_policy
+    from jaxr1.loading import load_policy
     cfg = load_config(args.config, args.overrides)
     model, tokenizer, image_processor, model_dir = load_policy(cfg.model)
     data_cfg = dataclasses.replace(cfg.data, batch_size=cfg.sft.batch_size)

@@ -22,46 +22,12 @@ log = logging.getLogger("jaxr1.train")
 
 # ----------------------------------------------------------------------------------------------- set up
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m jaxr1.train", description=__doc__.splitlines()[2])
+    ap = argparse.ArgumentParser(prog="python -m jaxr1.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=None, help="YAML file (default: the embedded default)")
     ap.add_argument("--dry_run", action="store_true", help="build and compile, report memory, do not train")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rl.num_generations=8 optim.lr=1e-6")
     return ap.parse_args(argv)
-
-
-def resolve_model_dir(path: str) -> str:
-    from jaxr1.assets import TINY_MODEL_DIR, TINY_SFT_MODEL_DIR
-    if path == "tiny":
-        return TINY_SFT_MODEL_DIR if os.path.isdir(TINY_SFT_MODEL_DIR) else TINY_MODEL_DIR
-    if path == "tiny-random":
-        return TINY_MODEL_DIR
-    return path
-
-
-def load_policy(model_cfg, data_cfg=None):
-    """(model, tokenizer, image processor, directory) from an HF directory or a jaxr1 checkpoint; the data
-    config's min/max_pixels, when set, override the checkpoint's image processor."""
-    from jaxr1.checkpointing import is_model_checkpoint, load_model
-    from jaxr1.data import load_processors
-    from jaxr1.models import qwen2_5_vl
-    model_dir = resolve_model_dir(model_cfg.path)
-    if is_model_checkpoint(model_dir):
-        model = load_model(model_dir, dtype=model_cfg.param_dtype)
-    else:
-        model = qwen2_5_vl.load_hf(model_dir, dtype=model_cfg.param_dtype)
-    pixels = (data_cfg.min_pixels, data_cfg.max_pixels) if data_cfg is not None else (None, None)
-    tokenizer, image_processor = load_processors(model_dir, *pixels)
-    return model, tokenizer, image_processor, model_dir
-
-
-def build_eval_batches(cfg, tokenizer, image_processor, data_cfg=None) -> list:
-    """The held-out PromptBatches: data_cfg, else the run's eval split (data.eval_path or unseen synthetic scenes)."""
-    from jaxr1.data import build_dataset
-    data_cfg = data_cfg or cfg.data.for_eval()
-    if data_cfg is None:
-        return []
-    data_cfg = dataclasses.replace(data_cfg, shuffle=False, num_epochs=1, batch_size=cfg.eval.batch_size)
-    return list(build_dataset(data_cfg, tokenizer, image_processor))
 
 
 def refill_groups(batch, roll, rollout, seed, data_iter, scorer, G, Tc, cfg):
@@ -97,41 +63,6 @@ def refill_groups(batch, roll, rollout, seed, data_iter, scorer, G, Tc, cfg):
     return select_rows(batches, picks), merged, dropped
 
 
-class RunLog:
-    """metrics.jsonl + TensorBoard (same scalars) + samples.jsonl, written by process 0 only."""
-
-    def __init__(self, run_dir: str, enabled: bool = True):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from tensorboardX import SummaryWriter
-        self.tb = SummaryWriter(run_dir)
-        self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
-        self.samples = open(os.path.join(run_dir, "samples.jsonl"), "a")
-
-    def scalars(self, step: int, values: dict) -> None:
-        if not self.enabled:
-            return
-        values = {k: float(v) for k, v in values.items() if np.isscalar(v) or np.ndim(v) == 0}
-        self.metrics.write(json.dumps({"step": step, **values}) + "\n")
-        self.metrics.flush()
-        for k, v in values.items():
-            # TensorBoard tags allow [A-Za-z0-9_./-]; per-source names ("synthetic:counting:...@0") get "_".
-            self.tb.add_scalar(re.sub(r"[^\w./-]", "_", k), v, step)
-
-    def sample_rows(self, step: int, rows: list[dict]) -> None:
-        if self.enabled:
-            for r in rows:
-                self.samples.write(json.dumps({"step": step, **r}, default=str) + "\n")
-            self.samples.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.tb.close()
-            self.metrics.close()
-            self.samples.close()
-
-
 def _dry_run(args) -> int:
     """Compile everything for the configured shapes and mesh on forced host devices; print memory and FLOPs."""
     from jaxr1.config import load_config
@@ -149,45 +80,54 @@ def _dry_run(args) -> int:
 
 # ----------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
+    from jaxr1.errors import run_cli
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.dry_run:
-        return _dry_run(args)
+    return run_cli(lambda: _dry_run(args) if args.dry_run else train(args), "jaxr1.train")
+
+
+def train(args) -> int:
     for noisy in ("absl", "jax._src.xla_bridge"):   # orbax's per-save chatter, the TPU probe on CPU hosts
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import jax
     import yaml
 
     from jaxr1.assets import DEFAULT_CONFIG
-    from jaxr1.config import ConfigError, load_config, to_dict
-    try:
-        cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    from jaxr1.config import load_config, to_dict
+    cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     from jaxr1.parallel.distributed import gather_json, gather_prompt_batch, initialize_from_env, to_host
     initialize_from_env()   # multi-host: before any other JAX call; a no-op for one process
     is_main = jax.process_index() == 0
-    run_dir = os.path.abspath(cfg.output_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    if is_main:
-        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
     t_start = time.time()
 
+    # --- run directory: whose run it holds decides whether (and from where) this one resumes
+    from jaxr1.loading import RUN_MODEL_FILES, train_checkpoint_steps
+    from jaxr1.run_dir import plan_resume, trim_logs
+    run_dir = os.path.abspath(cfg.output_dir)
+    resume_step = plan_resume(run_dir, to_dict(cfg), cfg.resume, train_checkpoint_steps(run_dir), archive=is_main)
+    if jax.process_count() > 1:   # process 0 may have moved an old run aside (resume=never)
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("jaxr1.run_dir")
+    os.makedirs(run_dir, exist_ok=True)
+
     # --- model
-    from jaxr1.eval import decode_completions, eos_ids, evaluate
+    from jaxr1.eval import evaluate
+    from jaxr1.loading import (build_eval_batches, decode_completions, eos_ids, load_policy, processor_dir,
+                               reward_specs)
     from jaxr1.rl.learner import Learner, MicroBatch
     model, tokenizer, image_processor, model_dir = load_policy(cfg.model, cfg.data)
     log.info("model %s (%s params)", model_dir, f"{sum(x.size for x in jax.tree.leaves(model)):,}")
-    from jaxr1.parallel import MeshError, make_mesh, shard_batch
+    if is_main:
+        from jaxr1.checkpointing import save_model_files
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        # What checkpoints/STEP needs beside it to be evaluated or exported on its own.
+        save_model_files(model.config, cfg.model.param_dtype, processor_dir(model_dir),
+                         os.path.join(run_dir, RUN_MODEL_FILES))
+    from jaxr1.parallel import make_mesh, shard_batch
     from jaxr1.parallel.rules import check_heads
-    try:
-        mesh = make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor)
-        check_heads(model.config, mesh)
-    except MeshError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    mesh = make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor)
+    check_heads(model.config, mesh)
     log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
     learner = Learner(model, cfg.rl, cfg.optim, cfg.steps, compute_dtype=cfg.model.compute_dtype,
                       remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision, mesh=mesh)
@@ -207,13 +147,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- rewards
     from jaxr1.rewards import RewardScorer
-    scorer = RewardScorer([(r.name, r.weight, r.kwargs) for r in cfg.rewards.functions],
-                          num_workers=cfg.rewards.num_workers, timeout_s=cfg.rewards.timeout_s)
+    scorer = RewardScorer(reward_specs(cfg.rewards), num_workers=cfg.rewards.num_workers,
+                          timeout_s=cfg.rewards.timeout_s)
     names = [r.name for r in cfg.rewards.functions]
     # Held-out accuracy is always the verifier's, whatever the training rewards are.
-    eval_scorer = RewardScorer([("accuracy", 1.0, {})], num_workers=cfg.rewards.num_workers,
+    eval_scorer = RewardScorer(reward_specs(cfg.rewards, only=("accuracy",)), num_workers=cfg.rewards.num_workers,
                                timeout_s=cfg.rewards.timeout_s) if eval_batches else None
-    runlog = RunLog(run_dir, is_main)
 
     def run_eval(tag: str) -> dict:
         if not eval_batches:
@@ -227,20 +166,32 @@ def main(argv: list[str] | None = None) -> int:
                  time.time() - t)
         return m
 
-    # --- resume: the newest restorable checkpoint of this run directory, if any
+    # --- resume: the planned checkpoint (the newest restorable one unless resume=STEP)
     from jaxr1.checkpointing import TrainCheckpointer
+    from jaxr1.runlog import RunLog
     ckpt = TrainCheckpointer(run_dir, keep=cfg.keep_checkpoints)
     start_step, before = 1, {}
-    restored = ckpt.restore_latest({"params": learner.params, "opt_state": learner.opt_state})
+    restored = None
+    if resume_step is not None:
+        state = {"params": learner.params, "opt_state": learner.opt_state}
+        restored = (ckpt.restore_latest(state) if cfg.resume in ("auto", "force") else ckpt.restore(resume_step, state))
     if restored is not None:
         last, state, meta = restored
         learner.params, learner.opt_state = state["params"], state["opt_state"]
         learner.skipped_updates = int(meta.get("skipped_updates", 0))
         data_iter.set_state(meta["data"][jax.process_index()])
         before, start_step = meta.get("eval_before", {}), last + 1
+        if is_main:
+            ckpt.delete_after(last)   # a later branch of this run (resume=STEP) is replaced by this one
         log.info("resumed from %s step %d", ckpt.directory, last)
-    else:
+    dropped = trim_logs(run_dir, start_step - 1 if restored is not None else -1) if is_main else 0
+    if dropped:
+        log.info("dropped %d log rows of steps after %d (they run again)", dropped, start_step - 1)
+    runlog = RunLog(run_dir, is_main, first_step=start_step if restored is not None else 0)
+    if restored is None:
         before = run_eval("before")
+        if before:
+            runlog.scalars(0, {f"eval/{k}": x for k, x in before.items()})
 
     def save(step: int, force: bool = False) -> None:
         ckpt.save(step, {"params": learner.params, "opt_state": learner.opt_state},
@@ -252,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
+        if stop["signal"] is not None:   # a second Ctrl-C: the user does not want to wait for the save
+            log.warning("signal %d again: aborting without saving", signum)
+            os._exit(130)
         stop["signal"] = signum
-        log.warning("signal %d: saving at the end of this step, then exiting", signum)
+        log.warning("signal %d: saving at the end of this step, then exiting (again to abort)", signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
@@ -360,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                  "images": batch.examples[i // G].get("source"), "row": batch.examples[i // G].get("row"),
                  "answer": batch.examples[i // G].get("answer"), "completion": texts[i],
                  **{k: float(rewards.per_function[k][i]) for k in names}} for i in range(0, len(texts), G)])
-        bar.set_postfix(reward=f"{metrics['reward/total_mean']:.3f}", acc=f"{metrics.get('accuracy', 0):.2f}",
-                        len=f"{metrics['completion/length_mean']:.0f}")
+        shown = {"reward": f"{metrics['reward/total_mean']:.3f}", "len": f"{metrics['completion/length_mean']:.0f}"}
+        if "accuracy" in metrics:   # only when an accuracy reward is configured
+            shown["acc"] = f"{metrics['accuracy']:.2f}"
+        bar.set_postfix(shown)
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.steps:
             runlog.scalars(step, {f"eval/{k}": x for k, x in run_eval(f"step{step}").items()})
         if stop["signal"] is not None or ckpt.reached_preemption(step):

@@ -49,10 +49,10 @@ def main() -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
 
     from jaxr1.config import load_config
-    from jaxr1.eval import eos_ids, evaluate
+    from jaxr1.eval import evaluate
+    from jaxr1.loading import build_eval_batches, eos_ids, load_policy
     from jaxr1.models.qwen2_5_vl import save_hf
     from jaxr1.sft import run_sft
-    from jaxr1.train import build_eval_batches, load_policy
     # The embedded default's data settings (prompt, scenes, held-out split), so SFT sees the prompts RL will.
     cfg = load_config(DEFAULT_CONFIG, ["model.path=tiny-random"])
     model, tokenizer, image_processor, model_dir = load_policy(cfg.model, cfg.data)

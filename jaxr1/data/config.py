@@ -81,7 +81,7 @@ class DataConfig:
         one_pass = dict(shuffle=False, num_epochs=1)
         if self.eval_path is not None:
             return dataclasses.replace(self, path=self.eval_path, eval_path=None, **one_pass)
-        if all(p.startswith("synthetic:") for p in self.paths):
+        if all(p.startswith("synthetic:") for p in self.paths) and self.num_eval > 0:   # 0: no held-out set
             return dataclasses.replace(self, synthetic_start=self.synthetic_start + self.num_synthetic,
                                        num_synthetic=self.num_eval, **one_pass)
         return None

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxr1.errors import UserError
+
 # Reasons a row is skipped; the pipeline counts them under these names (metrics: data/bad_rows/<reason>).
 UNREADABLE = "unreadable_row"      # not a JSON object / wrong type
 MISSING_QUESTION = "missing_question"
@@ -14,7 +16,7 @@ TOO_LONG = "too_long"              # prompt tokens (image pads included) above m
 REASONS = (UNREADABLE, MISSING_QUESTION, MISSING_ANSWER, MISSING_IMAGE, BAD_IMAGE, IMAGE_MISMATCH, TOO_LONG)
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The dataset cannot be used at all (unreadable file, or no usable row in it)."""
 
 

@@ -43,8 +43,13 @@ def detect_schema(row: dict) -> str:
 
 
 def parse_row(row: dict, schema: str = "auto") -> ParsedRow:
-    schema = detect_schema(row) if schema == "auto" else schema
-    turns, images, fallback_answer = {"r1v": _r1v, "swift": _swift, "lmmr1": _lmmr1}[schema](row)
+    chosen = detect_schema(row) if schema == "auto" else schema
+    try:
+        turns, images, fallback_answer = {"r1v": _r1v, "swift": _swift, "lmmr1": _lmmr1}[chosen](row)
+    except BadRowError as e:
+        if e.reason == MISSING_QUESTION:   # say what the row holds and which schema reads it
+            raise BadRowError(MISSING_QUESTION, f"{e}; {_keys_hint(row, schema)}") from None
+        raise
     users = [t for t in turns if t["role"] == "user"]
     problem = "".join(p["text"] for p in users[-1]["content"] if p["type"] == "text").strip() if users else ""
     if not problem and not images:
@@ -59,6 +64,19 @@ def parse_row(row: dict, schema: str = "auto") -> ParsedRow:
     if answer is None:
         raise BadRowError(MISSING_ANSWER, "no answer / solution")
     return ParsedRow(turns, images, problem, answer, _choices(row.get("choices", row.get("options"))), task, bbox)
+
+
+def _keys_hint(row: dict, schema: str) -> str:
+    keys = ", ".join(sorted(map(str, row))) or "none"
+    readers = [name for name, key in (("swift", "messages"), ("lmmr1", "message")) if key in row]
+    readers += ["r1v"] if any(k in row for k in _QUESTION_KEYS) else []
+    if readers and schema not in readers:
+        return f"the row has keys [{keys}], which data.schema={' or '.join(readers)} (or auto) reads"
+    return f"the row has keys [{keys}]; data.schema={schema} reads {_SCHEMA_KEYS[schema]}"
+
+
+_SCHEMA_KEYS = {"auto": "problem/question (r1v), messages (swift) or message (lmmr1)",
+                "r1v": "one of " + "/".join(_QUESTION_KEYS), "swift": "messages", "lmmr1": "message"}
 
 
 def _r1v(row: dict) -> tuple[list[dict], list[Any], Any]:

@@ -14,6 +14,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
+from jaxr1.data.errors import DataError
+
 SHAPES = ("circle", "square", "triangle")
 COLORS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (230, 190, 30),
           "purple": (140, 60, 180), "cyan": (30, 190, 200)}
@@ -124,8 +126,11 @@ class SyntheticSource:
 
     def __init__(self, n: int, seed: int = 0, kind: str = "counting", start: int = 0, max_objects: int = 6):
         kind = _ALIASES.get(kind, kind)
-        if kind not in KINDS or n < 1:
-            raise ValueError(f"synthetic source needs kind in {KINDS} and n >= 1, got {kind!r}, {n}")
+        if kind not in KINDS:
+            raise DataError(f"synthetic:{kind}: unknown kind; use one of {', '.join(KINDS)}")
+        if n < 1:
+            raise DataError(f"synthetic:{kind}: needs at least 1 row, got {n} (set data.num_synthetic, or the "
+                            f"count in the path, synthetic:{kind}:N)")
         self.n, self.seed, self.kind, self.start, self.max_objects = n, seed, kind, start, max_objects
         self.name, self.base_dir = f"synthetic:{kind}:{n}:{seed}@{start}", None
 
@@ -134,8 +139,8 @@ class SyntheticSource:
                   max_objects: int = 6) -> "SyntheticSource":
         """Counts and seed written in the path win over the arguments (the config's defaults)."""
         parts = path.split(":")
-        if not 2 <= len(parts) <= 4:
-            raise ValueError(f"synthetic path must be synthetic:<kind>[:<n>[:<seed>]], got {path!r}")
+        if not 2 <= len(parts) <= 4 or not all(p.lstrip("-").isdigit() for p in parts[2:]):
+            raise DataError(f"data path {path!r}: expected synthetic:<kind>[:<n>[:<seed>]] with whole numbers")
         n = int(parts[2]) if len(parts) > 2 else n
         seed = int(parts[3]) if len(parts) > 3 else seed
         return cls(n, seed, parts[1], start, max_objects)

@@ -10,11 +10,13 @@ import math
 import jax
 import numpy as np
 
+from jaxr1.errors import UserError
+
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")   # the batch is split over both; fsdp also splits the parameters
 
 
-class MeshError(ValueError):
+class MeshError(UserError, ValueError):
     pass
 
 

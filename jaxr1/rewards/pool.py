@@ -23,6 +23,8 @@ from multiprocessing.connection import wait
 from typing import Any, Callable
 
 STARTUP_TIMEOUT_S = 120.0
+MAX_START_FAILURES = 3    # consecutive workers that die or hang before "ready": the pool has failed
+MONITOR_PERIOD_S = 1.0
 MAX_CHUNK = 16
 
 
@@ -36,8 +38,11 @@ class TaskResult:
 def _worker_main(conn) -> None:
     # Ctrl-C belongs to the parent; it closes the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import jaxr1.rewards  # noqa: F401 - pay the sympy import before announcing readiness
-
+    try:
+        import jaxr1.rewards  # noqa: F401 - pay the sympy import before announcing readiness
+    except BaseException as e:  # noqa: BLE001 - the parent reports the cause instead of "failed to start"
+        conn.send(("failed", f"{type(e).__name__}: {str(e)[:300]}"))
+        return
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -83,6 +88,13 @@ class _Worker:
                 self.proc.join(1.0)
 
 
+def _death_cause(w: _Worker) -> str:
+    w.proc.join(1.0)   # its pipe closes a moment before the exit code is there
+    code = w.proc.exitcode
+    name = f" ({signal.Signals(-code).name})" if code is not None and code < 0 else ""
+    return f"worker exited with code {code}{name}" + ("" if w.ready else " before it was ready")
+
+
 class WorkerPool:
     """run(fn, args_list, timeout_s) -> one TaskResult per args tuple, in order."""
 
@@ -95,12 +107,64 @@ class WorkerPool:
         self._workers = [_Worker(self._ctx) for _ in range(self.num_workers)]
         self._closed = False
         self._start_failures = 0
+        self._start_error = "no worker has started yet"
         self.restarts = 0
+        # Readiness is tracked from creation on, not from the first run(): a first scoring call minutes after
+        # start-up (compilation, a long rollout) finds its workers ready, and dead ones restarted.
+        self._monitor = threading.Thread(target=self._watch, name="jaxr1-pool-monitor", daemon=True)
+        self._monitor.start()
 
     def _replace(self, i: int) -> None:
         self._workers[i].kill()
         self._workers[i] = _Worker(self._ctx)
         self.restarts += 1
+
+    def _watch(self) -> None:
+        while not self._closed:
+            time.sleep(MONITOR_PERIOD_S)
+            if self._lock.acquire(blocking=False):   # run() does the same checks while it holds the lock
+                try:
+                    if not self._closed:
+                        self._check_workers()
+                finally:
+                    self._lock.release()
+
+    def _check_workers(self) -> None:
+        """Read pending "ready"/"failed" messages; replace workers that died, or hang before they are ready."""
+        for i, w in enumerate(self._workers):
+            if w.queue:
+                continue   # busy: run() times it out or sees it die
+            cause = None
+            try:
+                while cause is None and not w.ready and w.conn.poll(0):
+                    msg = w.conn.recv()
+                    if msg[0] == "ready":
+                        w.ready, self._start_failures = True, 0
+                    elif msg[0] == "failed":
+                        cause = f"worker failed while starting: {msg[1]}"
+            except (EOFError, OSError):
+                pass
+            if cause is None and not w.proc.is_alive():
+                cause = _death_cause(w)
+            if cause is None and not w.ready and time.monotonic() - w.started > STARTUP_TIMEOUT_S:
+                cause = f"worker sent no ready signal within {STARTUP_TIMEOUT_S:.0f}s"
+            if cause is not None:
+                if not w.ready:
+                    self._start_failures += 1
+                    self._start_error = cause
+                self._replace(i)
+
+    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Block until a worker is ready; RuntimeError with the cause if the workers cannot start."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                self._check_workers()
+                if any(w.ready for w in self._workers):
+                    return
+                if self._start_failures >= MAX_START_FAILURES or time.monotonic() > deadline:
+                    raise RuntimeError(f"reward workers failed to start: {self._start_error}")
+            time.sleep(0.05)
 
     def run(self, fn: Callable, args_list: list[tuple], timeout_s: float) -> list[TaskResult]:
         """fn must be importable by name (a module-level function): it is pickled by reference."""
@@ -119,10 +183,9 @@ class WorkerPool:
                     results[w.queue.popleft()] = TaskResult("timeout", error=f"exceeded {timeout_s:.3g}s")
                     pending.extendleft(reversed(w.queue))  # the rest of its chunk goes to others
                     self._replace(i)
-            if pending and not any(w.ready for w in self._workers):
-                stuck = all(now - w.started > STARTUP_TIMEOUT_S for w in self._workers)
-                if stuck or self._start_failures > 3:
-                    break  # workers cannot start at all; fail the remaining tasks below
+            self._check_workers()
+            if pending and not any(w.ready for w in self._workers) and self._start_failures >= MAX_START_FAILURES:
+                break  # workers cannot start at all; fail the remaining tasks below
             for w in self._workers:
                 if w.ready and not w.queue and pending:
                     self._send_chunk(w, fn, args_list, pending, results, timeout_s)
@@ -133,7 +196,8 @@ class WorkerPool:
                 continue
             for conn in wait(list(conns), timeout=max(0.0, wake)):
                 self._receive(conns[conn], results, pending, timeout_s)
-        return [r if r is not None else TaskResult("error", error="workers failed to start") for r in results]
+        failed = TaskResult("error", error=f"workers failed to start: {self._start_error}")
+        return [r if r is not None else failed for r in results]
 
     def _send_chunk(self, w: _Worker, fn, args_list, pending, results, timeout_s) -> None:
         # Chunks keep workers busy between replies; small enough to balance the tail of a batch.
@@ -160,12 +224,19 @@ class WorkerPool:
             if w.queue:
                 results[w.queue.popleft()] = TaskResult("error", error="worker died")
                 pending.extendleft(reversed(w.queue))
-            self._start_failures += 0 if w.ready else 1
+            if not w.ready:
+                self._start_failures += 1
+                self._start_error = _death_cause(w)
             self._replace(i)
             return
         if msg[0] == "ready":
             w.ready = True
             self._start_failures = 0
+            return
+        if msg[0] == "failed":
+            self._start_failures += 1
+            self._start_error = f"worker failed while starting: {msg[1]}"
+            self._replace(i)
             return
         task_id, status, payload = msg
         if w.queue and task_id == w.queue[0]:

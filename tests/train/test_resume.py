@@ -91,7 +91,7 @@ def test_kill_9_during_async_save_leaves_a_restorable_checkpoint(tmp_path):
 def _abstract_state():
     from jaxr1.config import load_config
     from jaxr1.rl.learner import Learner
-    from jaxr1.train import load_policy
+    from jaxr1.loading import load_policy
     cfg = load_config(None, ARGS)
     model, *_ = load_policy(cfg.model)
     learner = Learner(model, cfg.rl, cfg.optim, 10)

@@ -23,7 +23,7 @@ def test_sft_cli_lowers_loss_and_writes_hf(tmp_path):
     from jaxr1.config import load_config
     from jaxr1.models.qwen2_5_vl import load_hf
     from jaxr1.sft import main, run_sft
-    from jaxr1.train import load_policy
+    from jaxr1.loading import load_policy
     cfg = load_config(None, ["model.path=tiny-random", "data.max_objects=2"])
     model, tok, ip, _ = load_policy(cfg.model, cfg.data)
     # One batch over and over (one synthetic row repeated): the loss must fall well below its start.
