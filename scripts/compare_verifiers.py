@@ -5,7 +5,9 @@
 Both verifiers run in the same spawn worker pool with a per-case wall-clock timeout (math-verify's
 own SIGALRM timeouts are disabled: they only work in a main thread). A timeout counts as a wrong
 answer. math-verify gets the same strings (bare answers wrapped in $...$, see math_verify_input);
-it has no notion of answer options, so `choices` are passed to jaxr1 only.
+it has no notion of answer options, so `choices` are passed to jaxr1 only. A case labelled for
+a numeric policy ("numeric_match", "min_sig_digits") runs jaxr1 with that policy; math-verify
+has one fixed policy (floats rounded to 6 places), so --default-policy drops those cases.
 Exits 1 if jaxr1 is less accurate than math-verify on any category.
 """
 
@@ -28,8 +30,11 @@ from jaxr1.rewards.verify import verify  # noqa: E402
 DEFAULT_CASES = Path(__file__).resolve().parents[1] / "tests" / "rewards" / "data" / "verifier_cases.jsonl"
 
 
-def jaxr1_verify(prediction: str, gold: str, choices: list[str] | None) -> bool:
-    return verify(prediction, gold, choices=choices)
+POLICY_KEYS = ("numeric_match", "min_sig_digits")
+
+
+def jaxr1_verify(prediction: str, gold: str, choices: list[str] | None, policy: dict) -> bool:
+    return verify(prediction, gold, choices=choices, **policy)
 
 
 _DELIMITERS = ("$", "\\boxed", "\\(", "\\[", "<answer>")
@@ -46,7 +51,7 @@ def math_verify_input(s: str) -> str:
     return f"${s}$"
 
 
-def math_verify_verify(prediction: str, gold: str, choices: list[str] | None) -> bool:
+def math_verify_verify(prediction: str, gold: str, choices: list[str] | None, policy: dict) -> bool:
     logging.disable(logging.WARNING)  # "timeout disabled" warnings: our pool is the timeout
     from math_verify import parse, verify as mv_verify
 
@@ -57,7 +62,9 @@ def math_verify_verify(prediction: str, gold: str, choices: list[str] | None) ->
 
 def run(pool: WorkerPool, fn, cases: list[dict], timeout_s: float) -> tuple[list[bool], int, float]:
     start = time.perf_counter()
-    results = pool.run(fn, [(c["prediction"], c["gold"], c.get("choices")) for c in cases], timeout_s)
+    policy = [{k: c[k] for k in POLICY_KEYS if k in c} for c in cases]
+    args = [(c["prediction"], c["gold"], c.get("choices"), p) for c, p in zip(cases, policy)]
+    results = pool.run(fn, args, timeout_s)
     answers = [r.status == "ok" and bool(r.value) for r in results]
     timeouts = sum(r.status == "timeout" for r in results)
     return answers, timeouts, time.perf_counter() - start
@@ -69,9 +76,12 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds per case")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--show-errors", action="store_true", help="list every case either verifier gets wrong")
+    ap.add_argument("--default-policy", action="store_true", help="only cases labelled for the default policy")
     args = ap.parse_args()
 
     cases = [json.loads(line) for line in args.cases.read_text().splitlines() if line.strip()]
+    if args.default_policy:
+        cases = [c for c in cases if not any(k in c for k in POLICY_KEYS)]
     with WorkerPool(args.workers) as pool:
         ours, our_timeouts, our_s = run(pool, jaxr1_verify, cases, args.timeout)
         theirs, their_timeouts, their_s = run(pool, math_verify_verify, cases, args.timeout)

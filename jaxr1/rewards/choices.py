@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from jaxr1.rewards.extract import ANSWER_SUFFIX_RE
 from jaxr1.rewards.normalize import clean_latex
 
 LETTERS = "ABCDEFGHIJ"
@@ -17,7 +18,6 @@ _PREFIX_RE = re.compile(
 # ('A triangle...' is a sentence, not option A).
 _LETTER_RE = re.compile(r"^(?:\(([A-Ja-j])\)|\[([A-J])\]|([A-J])(?=$|[.):：,]|\s+(?![a-z])))")
 _SECOND_LETTER_RE = re.compile(r"^\s*(?:,|/|&|\bor\b|\band\b)\s*\(?[A-J]\)?(?![A-Za-z])", re.IGNORECASE)
-_SUFFIX_RE = re.compile(r"\s+is\s+(?:the\s+)?(?:correct|right|answer|correct\s+answer)\W*$", re.IGNORECASE)
 _LABEL_RE = re.compile(r"^\s*\(?([A-Ja-j])\)?\s*[.):：]\s*")
 
 
@@ -25,7 +25,7 @@ def choice_letter(text: str) -> str | None:
     """The single option letter a text names, or None (no letter, or several: 'A or B')."""
     s = clean_latex(text).strip().strip("*").strip()
     s = _PREFIX_RE.sub("", s, count=1).strip().strip("*").strip()
-    s = _SUFFIX_RE.sub("", s).strip()  # "D is correct"
+    s = ANSWER_SUFFIX_RE.sub("", s).strip()  # "D is correct"
     if len(s) == 1 and s.isalpha() and s.upper() in LETTERS:
         return s.upper()
     m = _LETTER_RE.match(s)

@@ -4,9 +4,8 @@ Tolerance rules (stated here because the reward depends on them):
 - exact numbers (integers, fractions, decimals read exactly: 0.75 == 3/4) compare exactly,
   so 1/2004! != 1/2006! however small both are;
 - irrational values compare numerically at 30 digits with relative tolerance 1e-12;
-- a bare decimal with >= 2 significant digits equals an exact value it is a rounding of
-  (0.33 ~ 1/3, 3.14 ~ pi), but only when that value has no exact form with as many decimal
-  places (so 2.004 != 2); two decimals compare exactly (0.5 != 0.54);
+- a bare decimal may stand for an exact value it is a rounding of, as the NumericPolicy
+  allows (the policy is documented in verify.py); two decimals compare exactly (0.5 != 0.54);
 - expressions with symbols are compared at fixed pseudo-random points (no simplify(), which
   can run for minutes); they must agree at every point where both are defined.
 
@@ -21,6 +20,7 @@ differences are proportional ("y = 2x + 1" vs "2x - y + 1 = 0").
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import sympy
 
@@ -29,6 +29,36 @@ from jaxr1.rewards.structure import Equation, Node, Relation, Scalar, Seq
 REL_TOL = 1e-12
 SYMBOLIC_TOL = 1e-9
 NUM_POINTS = 6
+EXACT_PLACES = 6  # math-verify's float_rounding: a decimal this long is "the exact value"
+NUMERIC_MATCHES = ("exact", "rounded")
+
+
+@dataclass(frozen=True)
+class NumericPolicy:
+    """When a decimal equals an exact value it rounds (see verify.py for the policy)."""
+
+    match: str = "exact"
+    min_sig_digits: int = 3
+
+    def __post_init__(self):
+        if self.match not in NUMERIC_MATCHES:
+            raise ValueError(f"numeric_match must be one of {NUMERIC_MATCHES}, got {self.match!r}")
+        digits = self.min_sig_digits
+        if isinstance(digits, bool) or not isinstance(digits, int) or digits < 1:
+            raise ValueError(f"min_sig_digits must be an integer >= 1, got {digits!r}")
+
+    def enough_digits(self, places: int, significant: int, *, gold: bool) -> bool:
+        """Does a decimal carry enough digits to stand for an exact value it rounds?"""
+        if significant < 1:
+            return False  # 0.000000 is zero, not a rounding of 1/2004!
+        if places >= EXACT_PLACES:
+            return True
+        # A gold's precision is the intended one (4.2426 for 3\sqrt2), in either mode; a
+        # prediction may be that short only in rounded mode.
+        return (gold or self.match == "rounded") and significant >= self.min_sig_digits
+
+
+EXACT = NumericPolicy()
 
 
 def _point(k: int, symbols: list) -> dict:
@@ -72,10 +102,12 @@ def _numeric_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
     return abs(dv) <= REL_TOL * max(abs(va), abs(vb))
 
 
-def _rounds_to(decimal: tuple[int, int], dec_value: sympy.Expr, exact: sympy.Expr) -> bool:
-    """Is the decimal literal a rounding of the exact value (see module docstring)?"""
+def _rounds_to(
+    decimal: tuple[int, int], dec_value: sympy.Expr, exact: sympy.Expr, policy: NumericPolicy, gold: bool
+) -> bool:
+    """Is the decimal literal a rounding of the exact value, with digits enough for the policy?"""
     places, significant = decimal
-    if significant < 2 or exact.free_symbols:
+    if not policy.enough_digits(places, significant, gold=gold) or exact.free_symbols:
         return False
     scaled = exact * sympy.Integer(10) ** places
     if scaled.is_Integer:
@@ -102,7 +134,8 @@ def _symbolic_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
     return agree >= 3
 
 
-def exprs_equal(a: sympy.Expr, b: sympy.Expr, dec_a=None, dec_b=None) -> bool:
+def exprs_equal(a: sympy.Expr, b: sympy.Expr, dec_a=None, dec_b=None, policy: NumericPolicy = EXACT) -> bool:
+    """a is the gold side, b the prediction; dec_* are their decimal shapes (Scalar.decimal)."""
     if a == b:
         return True
     if a.free_symbols or b.free_symbols:
@@ -110,9 +143,9 @@ def exprs_equal(a: sympy.Expr, b: sympy.Expr, dec_a=None, dec_b=None) -> bool:
     if _numeric_equal(a, b):
         return True
     if dec_a is not None and dec_b is None:
-        return _rounds_to(dec_a, a, b)
+        return _rounds_to(dec_a, a, b, policy, gold=True)
     if dec_b is not None and dec_a is None:
-        return _rounds_to(dec_b, b, a)
+        return _rounds_to(dec_b, b, a, policy, gold=False)
     return False
 
 
@@ -125,12 +158,12 @@ def _alternatives(s: Scalar, other: Scalar) -> list[sympy.Expr]:
     return [s.expr]
 
 
-def scalars_equal(g: Scalar, p: Scalar) -> bool:
+def scalars_equal(g: Scalar, p: Scalar, policy: NumericPolicy = EXACT) -> bool:
     for a in _alternatives(g, p):
         for b in _alternatives(p, g):
             da = g.decimal if a is g.expr else None
             db = p.decimal if b is p.expr else None
-            if exprs_equal(a, b, da, db):
+            if exprs_equal(a, b, da, db, policy):
                 return True
     return False
 
@@ -142,9 +175,9 @@ def _simple_lhs(e: Equation) -> bool:
     return isinstance(e.rhs, Scalar) and not e.rhs.expr.free_symbols
 
 
-def _equations_equal(g: Equation, p: Equation) -> bool:
+def _equations_equal(g: Equation, p: Equation, policy: NumericPolicy) -> bool:
     if g.lhs is None or p.lhs is None or g.lhs == p.lhs:
-        return nodes_equal(g.rhs, p.rhs)  # same (or a label's) name: compare the values
+        return nodes_equal(g.rhs, p.rhs, policy)  # same (or a label's) name: compare the values
     # Same set of solutions up to a constant factor: y = 2x + 1 vs 2x - y + 1 = 0.
     d1, d2 = g.lhs - g.rhs.expr, p.lhs - p.rhs.expr
     if not (d1.free_symbols and d2.free_symbols) or d1.free_symbols != d2.free_symbols:
@@ -162,11 +195,11 @@ def _equations_equal(g: Equation, p: Equation) -> bool:
     return all(_close(r, ratio_points[0], SYMBOLIC_TOL) for r in ratio_points)
 
 
-def _match_unordered(gs: tuple, ps: tuple) -> bool:
+def _match_unordered(gs: tuple, ps: tuple, policy: NumericPolicy) -> bool:
     """Perfect matching between gold and predicted items (augmenting paths; n is small)."""
     if len(gs) != len(ps):
         return False
-    eq = [[nodes_equal(g, p) for p in ps] for g in gs]
+    eq = [[nodes_equal(g, p, policy) for p in ps] for g in gs]
     owner: dict[int, int] = {}
 
     def assign(i: int, seen: set[int]) -> bool:
@@ -181,12 +214,12 @@ def _match_unordered(gs: tuple, ps: tuple) -> bool:
     return all(assign(i, set()) for i in range(len(gs)))
 
 
-def _seqs_equal(g: Seq, p: Seq) -> bool:
+def _seqs_equal(g: Seq, p: Seq, policy: NumericPolicy) -> bool:
     unordered = {"list", "set", "union"}
     if g.kind in unordered and p.kind in unordered:
         if "set" in (g.kind, p.kind) and "union" in (g.kind, p.kind):
             return False
-        return _match_unordered(g.items, p.items)
+        return _match_unordered(g.items, p.items, policy)
     if len(g.items) != len(p.items):
         return False
     if "interval" in (g.kind, p.kind) or (len(g.items) == 2 and g.kind == p.kind == "tuple"):
@@ -195,7 +228,7 @@ def _seqs_equal(g: Seq, p: Seq) -> bool:
             return False
     elif {g.kind, p.kind} == {"set", "tuple"}:
         return False
-    return all(nodes_equal(a, b) for a, b in zip(g.items, p.items))
+    return all(nodes_equal(a, b, policy) for a, b in zip(g.items, p.items))
 
 
 def _single(n: Node) -> Node:
@@ -204,19 +237,19 @@ def _single(n: Node) -> Node:
     return n
 
 
-def nodes_equal(g: Node, p: Node) -> bool:
+def nodes_equal(g: Node, p: Node, policy: NumericPolicy = EXACT) -> bool:
     """Is the predicted structure p the same answer as the gold structure g?"""
     g, p = _single(g), _single(p)
     if isinstance(g, Scalar) and isinstance(p, Scalar):
-        return scalars_equal(g, p)
+        return scalars_equal(g, p, policy)
     if isinstance(p, Equation) and not isinstance(g, Equation):
-        return _simple_lhs(p) and nodes_equal(g, p.rhs)
+        return _simple_lhs(p) and nodes_equal(g, p.rhs, policy)
     if isinstance(g, Equation) and not isinstance(p, Equation):
-        return _simple_lhs(g) and nodes_equal(g.rhs, p)
+        return _simple_lhs(g) and nodes_equal(g.rhs, p, policy)
     if isinstance(g, Equation) and isinstance(p, Equation):
-        return _equations_equal(g, p)
+        return _equations_equal(g, p, policy)
     if isinstance(g, Seq) and isinstance(p, Seq):
-        return _seqs_equal(g, p)
+        return _seqs_equal(g, p, policy)
     if isinstance(g, Relation) and isinstance(p, Relation):
         return g.ops == p.ops and all(exprs_equal(a, b) for a, b in zip(g.parts, p.parts, strict=True))
     return False

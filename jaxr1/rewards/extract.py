@@ -3,6 +3,7 @@
 Order: the last complete <answer>...</answer> block, else the last \\boxed{...}, else an
 "the answer is X" ending. Only the tail of very long texts is searched: the answer is at the
 end, and regexes over megabytes of untrusted output would cost more than the verification.
+`stated_value` then reads an answer written as a sentence ("The state is Alabama.").
 """
 
 from __future__ import annotations
@@ -19,6 +20,37 @@ _ANSWER_IS = re.compile(
     r"(?:final\s+answer|the\s+answer|answer)\s*(?:is\s*:?|:|=)\s*",
     re.IGNORECASE,
 )
+
+
+# "D is correct", "Alabama is the answer": the value comes before the copula.
+ANSWER_SUFFIX_RE = re.compile(
+    r"\s+is\s+(?:the\s+)?(?:(?:correct|right|final)\s+)?(?:answer|correct|right)\W*$", re.IGNORECASE
+)
+# "The state is Alabama", "It's 3", "The sum equals 7": the value comes after the last one.
+# "isn't" is no copula here (no space after "is"), so "It isn't Alabama" states nothing.
+_COPULA_RE = re.compile(r"\b(?:is|are|was|were|equals)\s+|\b(?:it|that|this|there)['\u2019]s\s+", re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"[.!?;:]\s+")
+_CONNECTIVE_RE = re.compile(r"^(?:so|thus|therefore|hence|then)(?:,\s*|\s+)", re.IGNORECASE)
+
+
+def stated_value(text: str) -> str | None:
+    """The value a one-sentence answer states, kept whole: 'The state is Alabama.' -> 'Alabama.',
+    'So Alabama is the answer' -> 'Alabama', 'It is not Alabama' -> 'not Alabama'.
+
+    Nothing is dropped after the copula, so a negation, a second clause or a correction
+    ("Alabama. Wait, no, Georgia") stays in the value and the comparison fails; the last
+    copula wins, so in "Alabama is not the state; the state is Georgia" the value is Georgia.
+    """
+    m = ANSWER_SUFFIX_RE.search(text)
+    if m is not None:
+        head = _SENTENCE_END_RE.split(text[: m.start()])[-1]
+        return _CONNECTIVE_RE.sub("", head.strip()).strip() or None
+    last = None
+    for last in _COPULA_RE.finditer(text):
+        pass
+    if last is None:
+        return None
+    return text[last.end() :].strip() or None
 
 
 def _brace_matches(text: str) -> dict[int, int]:

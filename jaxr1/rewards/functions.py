@@ -23,6 +23,9 @@ from jaxr1.rewards.normalize import NUMBER_WORDS, normalize_answer
 # Chat-template end markers a decoder may leave in the text; they are not "after the answer".
 _END_MARKERS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>")
 _INT_RE = re.compile(r"(?<![\d.])[-+]?\d+(?![\d.]*\d)")
+# A count of nothing: "How many dogs? None." The verifier never reads "none" as 0 (it is no
+# value there); a counting answer that is only this word is zero.
+_ZERO_COUNT_WORDS = {"none"}
 
 
 def _count(ctx: dict, key: str, n: int = 1) -> None:
@@ -73,27 +76,49 @@ def _record(outcome: verify_lib.Outcome, ctx: dict) -> float:
     return float(outcome.correct)
 
 
-def accuracy_reward(completions: list[str], examples: list[dict], **ctx: Any) -> np.ndarray:
-    """1 when the final answer verifies against example['answer'] (options from 'choices')."""
+def accuracy_reward(
+    completions: list[str],
+    examples: list[dict],
+    *,
+    numeric_match: str = "exact",
+    min_sig_digits: int = 3,
+    **ctx: Any,
+) -> np.ndarray:
+    """1 when the final answer verifies against example['answer'] (options from 'choices').
+
+    numeric_match / min_sig_digits: the verifier's numeric policy (see jaxr1.rewards.verify).
+    """
+    policy = (numeric_match, min_sig_digits)
+    verify_lib.NumericPolicy(*policy)  # a config error fails the batch, not each item silently
     out = [
-        _record(verify_lib.check(c, str(ex.get("answer", "")), ex.get("choices")), ctx)
+        _record(verify_lib.check(c, str(ex.get("answer", "")), ex.get("choices"), *policy), ctx)
         for c, ex in zip(completions, examples)
     ]
     return np.array(out, dtype=np.float32)
 
 
-def mcq_reward(completions: list[str], examples: list[dict], **ctx: Any) -> np.ndarray:
+def mcq_reward(
+    completions: list[str],
+    examples: list[dict],
+    *,
+    numeric_match: str = "exact",
+    min_sig_digits: int = 3,
+    **ctx: Any,
+) -> np.ndarray:
     """1 when the answer names the gold option (by letter or by the option's text).
 
     Examples whose gold is not an option (no letter, no matching choice) are scored like
-    `accuracy`, so a mixed batch can use one function.
+    `accuracy`, so a mixed batch can use one function; numeric_match / min_sig_digits apply
+    to both (option texts are matched with the verifier).
     """
+    policy = (numeric_match, min_sig_digits)
+    verify_lib.NumericPolicy(*policy)
     out = []
     for c, ex in zip(completions, examples):
         gold, choices = str(ex.get("answer", "")), ex.get("choices")
-        outcome = verify_lib.check_choice(c, gold, choices)
+        outcome = verify_lib.check_choice(c, gold, choices, *policy)
         if outcome is None:
-            outcome = verify_lib.check(c, gold, choices)
+            outcome = verify_lib.check(c, gold, choices, *policy)
         out.append(_record(outcome, ctx))
     return np.array(out, dtype=np.float32)
 
@@ -106,10 +131,12 @@ def parse_count(text: str | None) -> int | None:
     low = s.lower().strip()
     if low in NUMBER_WORDS:
         return NUMBER_WORDS[low]
+    if low in _ZERO_COUNT_WORDS:
+        return 0
     ints = {int(m.group(0)) for m in _INT_RE.finditer(s[:200]) if len(m.group(0)) <= 12}
     if len(ints) == 1 and not re.search(r"\d\.\d", s):
         return ints.pop()
-    words = {NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", low) if w in NUMBER_WORDS and w != "no"}
+    words = {NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", low) if w in NUMBER_WORDS}
     if not ints and len(words) == 1:
         return words.pop()
     return None

@@ -78,11 +78,13 @@ _TRAILING_UNIT_RE = re.compile(
 _THOUSANDS_RE = re.compile(r"(?<![\d.,])(\d{1,3})((?:,\d{3})+)(?![\d,]|\.\d*,)")
 _THOUSANDS_SPACE_RE = re.compile(r"(?<![\d.])(\d{1,3})((?:\s\d{3})+)(?![\d.])")
 
+# Words that are numbers. "none", "no", "null", "nan", "N/A" are not: as answers they say
+# there is no value (Python's None, "none of these"), and equating them with 0 rewards them.
 NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
     "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
     "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
-    "nineteen": 19, "twenty": 20, "none": 0, "no": 0,
+    "nineteen": 19, "twenty": 20,
 }
 
 
@@ -157,7 +159,7 @@ def normalize_answer(s: str) -> str:
     s = fix_thousands(s)
     s = _MIXED_RE.sub(r"\1(\2+\3/\4)", s)  # plain-text mixed number "2 1/2"
     low = s.lower()
-    if low in NUMBER_WORDS and low != "no":
+    if low in NUMBER_WORDS:
         s = str(NUMBER_WORDS[low])
     return s
 
@@ -171,5 +173,5 @@ def normalize_text(s: str) -> str:
     s = clean_latex(s).lower()
     s = _ARTICLES_RE.sub(" ", s)
     words = [w for w in _PUNCT_RE.split(s) if w]
-    words = [str(NUMBER_WORDS[w]) if w in NUMBER_WORDS and w != "no" else w for w in words]
+    words = [str(NUMBER_WORDS[w]) if w in NUMBER_WORDS else w for w in words]
     return " ".join(words)

@@ -1,4 +1,8 @@
-"""The labelled verifier set: every case, category coverage, and true/false balance."""
+"""The labelled verifier set: every case, category coverage, and true/false balance.
+
+A case may carry "numeric_match" / "min_sig_digits": it is labelled for that policy (the
+default policy otherwise; see jaxr1/rewards/verify.py).
+"""
 
 import json
 from collections import Counter
@@ -13,8 +17,14 @@ CASES = [json.loads(line) for line in CASES_PATH.read_text().splitlines() if lin
 REQUIRED = {
     "extraction", "integers", "decimals", "thousands", "scientific", "fractions", "radicals_pi_powers",
     "expressions", "equations", "intervals", "tuples", "sets", "percent_degrees", "units", "latex_noise",
-    "mcq", "mcq_choices", "text", "known_pitfalls",
+    "mcq", "mcq_choices", "text", "known_pitfalls", "non_numeric_words", "sentences", "numeric_policy",
 }
+POLICY_KEYS = ("numeric_match", "min_sig_digits")
+
+
+def _verify_case(c: dict) -> bool:
+    policy = {k: c[k] for k in POLICY_KEYS if k in c}
+    return verify(c["prediction"], c["gold"], choices=c.get("choices"), **policy)
 
 
 def test_set_size_and_coverage():
@@ -27,11 +37,16 @@ def test_set_size_and_coverage():
         assert labels[True] >= 2 and labels[False] >= 2, (cat, labels)
 
 
+def test_both_policies_are_labelled():
+    modes = Counter((c.get("numeric_match", "exact"), c["expected"]) for c in CASES)
+    assert all(modes[(m, e)] >= 5 for m in ("exact", "rounded") for e in (True, False)), modes
+
+
 def test_every_labelled_case():
     wrong = [
         (c["id"], c["prediction"], c["gold"], c["expected"])
         for c in CASES
-        if verify(c["prediction"], c["gold"], choices=c.get("choices")) != c["expected"]
+        if _verify_case(c) != c["expected"]
     ]
     assert not wrong, f"{len(wrong)} labelled cases disagree: {wrong[:20]}"
 

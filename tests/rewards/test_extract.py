@@ -3,7 +3,7 @@
 import pytest
 
 from jaxr1.rewards import extract_answer
-from jaxr1.rewards.extract import unwrap
+from jaxr1.rewards.extract import stated_value, unwrap
 
 
 @pytest.mark.parametrize(
@@ -31,6 +31,27 @@ from jaxr1.rewards.extract import unwrap
 )
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("The state is Alabama.", "Alabama."),
+        ("It's Alabama", "Alabama"),
+        ("The sum equals 7", "7"),
+        ("So, Alabama is the correct answer.", "Alabama"),
+        ("We checked. Thus Alabama is the answer", "Alabama"),
+        ("Alabama is not the state; the state is Georgia", "Georgia"),
+        # Negations stay in the value, so it never equals the un-negated gold.
+        ("The state is not Alabama", "not Alabama"),
+        ("It's not Alabama", "not Alabama"),
+        ("It isn't Alabama", None),
+        ("Alabama", None),
+        ("The state is", None),
+    ],
+)
+def test_stated_value(text, expected):
+    assert stated_value(text) == expected
 
 
 def test_extract_answer_non_string():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxr1.rewards import (
+    RewardScorer,
     accuracy_reward,
     count_reward,
     format_reward,
@@ -71,6 +72,32 @@ def test_accuracy_reward_gold_wrapped_like_r1v():
     assert out.tolist() == [1.0, 0.0]
 
 
+def test_accuracy_numeric_policy_kwargs():
+    comps = ["<answer>1.73</answer>", "<answer>1.7</answer>", "<answer>1.7320508</answer>"]
+    exs = [{"answer": "\\sqrt{3}"}] * 3
+    assert accuracy_reward(comps, exs).tolist() == [0, 0, 1]
+    assert accuracy_reward(comps, exs, numeric_match="rounded").tolist() == [1, 0, 1]
+    assert accuracy_reward(comps, exs, numeric_match="rounded", min_sig_digits=2).tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match="numeric_match"):
+        accuracy_reward(comps, exs, numeric_match="loose")
+
+
+def test_numeric_policy_through_the_scorer():
+    comps = ["<answer>1.7</answer>", "<answer>1.73</answer>"]
+    exs = [{"answer": "\\sqrt{3}"}] * 2
+    specs = [("accuracy", 1.0, {"numeric_match": "rounded", "min_sig_digits": 2}), ("mcq", 1.0, {})]
+    with RewardScorer(specs, num_workers=1, timeout_s=30.0) as scorer:
+        result = scorer.submit(comps, exs).result()
+    assert result.per_function["accuracy"].tolist() == [1, 1]
+    assert result.per_function["mcq"].tolist() == [0, 0]  # its own (default) policy
+
+
+def test_mcq_reward_numeric_policy():
+    exs = [{"answer": "B", "choices": ["A. 1.5", "B. \\sqrt{3}", "C. 2"]}]
+    assert mcq_reward(["<answer>1.73</answer>"], exs).tolist() == [0]
+    assert mcq_reward(["<answer>1.73</answer>"], exs, numeric_match="rounded").tolist() == [1]
+
+
 def test_mcq_reward():
     exs = [{"answer": "B", "choices": ["A. 10", "B. 12", "C. 14"]}] * 5 + [{"answer": "7"}]
     comps = [
@@ -96,6 +123,16 @@ def test_mcq_reward():
 def test_count_reward(answer, expected):
     out = count_reward([f"<think>t</think><answer>{answer}</answer>"], [{"answer": "3", "task": "count"}])
     _check_array(out, 1)
+    assert out[0] == expected
+
+
+@pytest.mark.parametrize(
+    "answer,expected",
+    [("0", 1.0), ("zero", 1.0), ("None", 1.0), ("There are none.", 1.0), ("none of these", 0.0), ("no", 0.0)],
+)
+def test_count_reward_zero(answer, expected):
+    # A count of nothing may be written "none"; "none of these" or a bare "no" is no count.
+    out = count_reward([f"<answer>{answer}</answer>"], [{"answer": "0"}])
     assert out[0] == expected
 
 
