@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxr1.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL
+from jaxr1.models import build, config_from_dir
 from jaxr1.models.qwen2_5_vl.params import CheckpointError, copy_tokenizer_files
 
 PARAMS_DIR = "params"
 
 
-def save_model(model: Qwen2_5_VL, out_dir: str, *, source_dir: str | None = None, primary: bool = True) -> None:
+def save_model(model, out_dir: str, *, source_dir: str | None = None, primary: bool = True) -> None:
     """Multi-host: every process calls this (orbax writes the shards); `primary` writes the other files."""
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -31,7 +31,7 @@ def save_model(model: Qwen2_5_VL, out_dir: str, *, source_dir: str | None = None
         copy_tokenizer_files(source_dir, out_dir)
 
 
-def save_model_files(model_config: ModelConfig, dtype: str, source_dir: str, out_dir: str) -> None:
+def save_model_files(model_config, dtype: str, source_dir: str, out_dir: str) -> None:
     """config.json + tokenizer/processor files: what a bare training checkpoint needs beside it to load."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
@@ -44,7 +44,7 @@ def is_train_checkpoint(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "state")) and os.path.basename(os.path.normpath(path)).isdigit()
 
 
-def load_train_checkpoint(step_dir: str, dtype: str | None = None) -> Qwen2_5_VL:
+def load_train_checkpoint(step_dir: str, dtype: str | None = None):
     """The policy of a training checkpoint (RUN/checkpoints/STEP): its parameters only (the optimizer state is
     not read), with the model config from RUN/model_files/."""
     from jaxr1.loading import RUN_MODEL_FILES
@@ -66,19 +66,19 @@ def load_train_checkpoint(step_dir: str, dtype: str | None = None) -> Qwen2_5_VL
     return model
 
 
-def _abstract_model(model_dir: str, dtype: str | None) -> Qwen2_5_VL:
-    cfg = ModelConfig.from_hf_dir(model_dir)
+def _abstract_model(model_dir: str, dtype: str | None):
+    cfg = config_from_dir(model_dir)
     with open(os.path.join(model_dir, "config.json")) as f:
         saved = json.load(f)
     saved_dtype = saved.get("dtype") or saved.get("torch_dtype") or "float32"
-    return nnx.eval_shape(lambda: Qwen2_5_VL(cfg, jnp.dtype(dtype or saved_dtype)))
+    return nnx.eval_shape(lambda: build(cfg, dtype or saved_dtype))
 
 
 def is_model_checkpoint(path: str) -> bool:
     return os.path.isdir(os.path.join(path, PARAMS_DIR)) and os.path.isfile(os.path.join(path, "config.json"))
 
 
-def load_model(ckpt_dir: str, dtype: str | None = None) -> Qwen2_5_VL:
+def load_model(ckpt_dir: str, dtype: str | None = None):
     """Restore a model saved by `save_model` (dtype: as saved unless given)."""
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir}: no such directory")
@@ -105,6 +105,7 @@ class TrainCheckpointer:
 
     def __init__(self, run_dir: str, *, keep: int = 2, async_save: bool = True):
         self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
+        self._preemption_error_logged = False
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep,
                                                                  enable_async_checkpointing=async_save,
@@ -145,7 +146,13 @@ class TrainCheckpointer:
         """True on every host once the runtime has a preemption notice (TPU maintenance / SIGTERM sync point)."""
         try:
             return bool(self.manager.reached_preemption(step))
-        except Exception:
+        except Exception as e:  # noqa: BLE001 - must not stop training; the SIGTERM handler still saves
+            if not self._preemption_error_logged:
+                self._preemption_error_logged = True
+                import logging
+                logging.getLogger("jaxr1.checkpoint").warning(
+                    "preemption check failed at step %d (%s: %s); maintenance events will not reach the sync "
+                    "point (later failures not logged)", step, type(e).__name__, e)
             return False
 
     def wait(self) -> None:

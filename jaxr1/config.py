@@ -109,6 +109,20 @@ class ParallelConfig:
 
 
 @dataclasses.dataclass
+class WandbConfig:
+    # Off until a project is set. mode "offline" writes RUN/wandb/ with no network (upload later: wandb sync).
+    project: str | None = None
+    entity: str | None = None
+    name: str | None = None               # the run's display name (default: wandb's)
+    mode: str = "online"                  # online | offline | disabled
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+
+
+@dataclasses.dataclass
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(path="synthetic:counting"))
@@ -118,6 +132,7 @@ class Config:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     steps: int = 100
     seed: int = 0
     output_dir: str = "runs/default"
@@ -239,6 +254,7 @@ def validate(cfg: Config) -> None:
         "model.param_dtype": (cfg.model.param_dtype, ("float32", "bfloat16")),
         "model.compute_dtype": (cfg.model.compute_dtype, ("float32", "bfloat16")),
         "rewards.numeric_match": (cfg.rewards.numeric_match, ("exact", "rounded")),
+        "logging.wandb.mode": (cfg.logging.wandb.mode, ("online", "offline", "disabled")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

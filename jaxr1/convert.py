@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 def _convert(args) -> int:
     from jaxr1.checkpointing import load_model, save_model
     from jaxr1.loading import processor_dir, resolve_model_dir
-    from jaxr1.models import load_hf
-    from jaxr1.models.qwen2_5_vl import save_hf
+    from jaxr1.models import load_hf, save_hf
 
     t0 = time.time()
     src = resolve_model_dir(args.src)

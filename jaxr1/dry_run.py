@@ -18,17 +18,24 @@ import numpy as np
 log = logging.getLogger("jaxr1.dry_run")
 
 # Hub names whose published config.json we ship as named sizes, so a dry run needs no download.
-NAMED_SIZES = {"qwen/qwen2.5-vl-3b-instruct": "qwen2_5_vl_3b", "qwen/qwen2.5-vl-7b-instruct": "qwen2_5_vl_7b"}
+NAMED_SIZES = {"qwen/qwen2.5-vl-3b-instruct": ("qwen2_5_vl", "qwen2_5_vl_3b"),
+               "qwen/qwen2.5-vl-7b-instruct": ("qwen2_5_vl", "qwen2_5_vl_7b"),
+               "qwen/qwen2-vl-2b-instruct": ("qwen2_vl", "qwen2_vl_2b"),
+               "qwen/qwen2-vl-7b-instruct": ("qwen2_vl", "qwen2_vl_7b"),
+               "qwen/qwen3-vl-2b-instruct": ("qwen3_vl", "qwen3_vl_2b"),
+               "qwen/qwen3-vl-4b-instruct": ("qwen3_vl", "qwen3_vl_4b"),
+               "qwen/qwen3-vl-8b-instruct": ("qwen3_vl", "qwen3_vl_8b")}
 GB = 1024**3
 
 
 def model_config(path: str):
-    from jaxr1.models.qwen2_5_vl import ModelConfig
     from jaxr1.loading import resolve_model_dir
+    from jaxr1.models import config_from_dir, family
     key = path.lower().rstrip("/")
     if key in NAMED_SIZES and not os.path.isdir(path):
-        return getattr(ModelConfig, NAMED_SIZES[key])()
-    return ModelConfig.from_hf_dir(resolve_model_dir(path))
+        model_type, size = NAMED_SIZES[key]
+        return getattr(family(model_type).ModelConfig, size)()
+    return config_from_dir(resolve_model_dir(path))
 
 
 def required_devices(parallel) -> int | None:
@@ -55,15 +62,9 @@ def _abstract(x, sharding):
 def _shard_abstract(tree, mesh):
     """Host arrays -> ShapeDtypeStructs with the batch sharding shard_batch would give them."""
     import jax
-    from jaxr1.parallel.rules import batch_sharding, _path
-
-    def one(keys, x):
-        if x is None:
-            return None
-        dim = 1 if _path(keys).endswith("positions") else 0
-        return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
-                                    sharding=batch_sharding(mesh, np.ndim(x), dim, np.shape(x)[dim]))
-    return jax.tree_util.tree_map_with_path(one, tree)
+    from jaxr1.parallel import batch_shardings
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=s),
+                        tree, batch_shardings(tree, mesh))
 
 
 def _memory(compiled) -> dict:
@@ -86,10 +87,10 @@ def dry_run(cfg, device_memory_gb: float | None = None) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
-    from jaxr1.models.qwen2_5_vl import Qwen2_5_VL
+    from jaxr1.models import build
     from jaxr1.models.qwen2_5_vl.vision_index import next_bucket
     from jaxr1.parallel import make_mesh
-    from jaxr1.parallel.rules import check_heads
+    from jaxr1.parallel import check_batch_layout
     from jaxr1.rl.learner import Learner, MicroBatch
     from jaxr1.rl.losses import compute_loss_normalizer
     from jaxr1.rl.rollout import model_inputs
@@ -99,8 +100,8 @@ def dry_run(cfg, device_memory_gb: float | None = None) -> dict:
     t0 = time.time()
     mcfg = model_config(cfg.model.path)
     mesh = make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor)
-    check_heads(mcfg, mesh)
-    abstract_model = nnx.eval_shape(lambda: Qwen2_5_VL(mcfg, jnp.dtype(cfg.model.param_dtype)))
+    check_batch_layout(cfg.data, cfg.rl, mesh.shape, 1, mcfg)   # one process: data.batch_size is the whole batch here
+    abstract_model = nnx.eval_shape(lambda: build(mcfg, cfg.model.param_dtype))
     learner = Learner(abstract_model, cfg.rl, cfg.optim, cfg.steps, compute_dtype=cfg.model.compute_dtype,
                       remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision, mesh=mesh, abstract=True)
     params = learner.params

@@ -1,7 +1,7 @@
 """Set-up shared by train, eval, sft and the dry run: where a model is, loading it with its processors, the
 held-out batches, EOS ids. None of those commands imports another; they all import this.
 
-A `model.path` may be: "tiny" / "tiny-random" (the embedded checkpoints), an HF directory, a jaxr1 model
+A `model.path` may be: "tiny" / "tiny-random" / "tiny-qwen2-vl" / "tiny-qwen3-vl" (the embedded checkpoints), an HF directory, a jaxr1 model
 checkpoint, a run directory or one of its training checkpoints (`RUN/checkpoints/STEP`), or a hub name
 (`Qwen/Qwen2.5-VL-3B-Instruct`), resolved the way transformers does: the HF cache first, a download when
 there is network and HF_HUB_OFFLINE is not set.
@@ -28,7 +28,9 @@ class ModelPathError(UserError):
 
 def resolve_model_dir(path: str) -> str:
     """A local directory for `path`, or a one-line ModelPathError saying what to give instead."""
-    from jaxr1.assets import TINY_MODEL_DIR, TINY_SFT_MODEL_DIR
+    from jaxr1.assets import TINY_FAMILY_DIRS, TINY_MODEL_DIR, TINY_SFT_MODEL_DIR
+    if path in TINY_FAMILY_DIRS:
+        return TINY_FAMILY_DIRS[path]
     if path == "tiny":
         return TINY_SFT_MODEL_DIR if os.path.isdir(TINY_SFT_MODEL_DIR) else TINY_MODEL_DIR
     if path == "tiny-random":

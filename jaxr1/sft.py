@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
 
     from jaxr1.config import load_config
-    from jaxr1.models.qwen2_5_vl import save_hf
+    from jaxr1.models import save_hf
     from jaxr1.loading import load_policy
     cfg = load_config(args.config, args.overrides)
     model, tokenizer, image_processor, model_dir = load_policy(cfg.model)

@@ -99,6 +99,18 @@ def train(args) -> int:
     initialize_from_env()   # multi-host: before any other JAX call; a no-op for one process
     is_main = jax.process_index() == 0
     t_start = time.time()
+    from jaxr1.parallel import check_batch_layout, make_mesh, shard_batch
+    mesh = make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor)
+    layout = check_batch_layout(cfg.data, cfg.rl, mesh.shape, jax.process_count())   # before any slow set-up
+    wb = cfg.logging.wandb
+    wandb_opts = None
+    if wb.project and wb.mode != "disabled":
+        # The resolved config (what config.yaml holds) becomes the wandb run config.
+        wandb_opts = {"project": wb.project, "entity": wb.entity, "name": wb.name, "mode": wb.mode,
+                      "config": to_dict(cfg)}
+        if is_main:
+            from jaxr1.runlog import require_wandb
+            require_wandb()   # a missing wandb fails now, not after the model load
 
     # --- run directory: whose run it holds decides whether (and from where) this one resumes
     from jaxr1.loading import RUN_MODEL_FILES, train_checkpoint_steps
@@ -124,9 +136,7 @@ def train(args) -> int:
         # What checkpoints/STEP needs beside it to be evaluated or exported on its own.
         save_model_files(model.config, cfg.model.param_dtype, processor_dir(model_dir),
                          os.path.join(run_dir, RUN_MODEL_FILES))
-    from jaxr1.parallel import make_mesh, shard_batch
     from jaxr1.parallel.rules import check_heads
-    mesh = make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor)
     check_heads(model.config, mesh)
     log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
     learner = Learner(model, cfg.rl, cfg.optim, cfg.steps, compute_dtype=cfg.model.compute_dtype,
@@ -187,7 +197,7 @@ def train(args) -> int:
     dropped = trim_logs(run_dir, start_step - 1 if restored is not None else -1) if is_main else 0
     if dropped:
         log.info("dropped %d log rows of steps after %d (they run again)", dropped, start_step - 1)
-    runlog = RunLog(run_dir, is_main, first_step=start_step if restored is not None else 0)
+    runlog = RunLog(run_dir, is_main, first_step=start_step if restored is not None else 0, wandb=wandb_opts)
     if restored is None:
         before = run_eval("before")
         if before:
@@ -219,8 +229,7 @@ def train(args) -> int:
     from jaxr1.rl.losses import compute_loss_normalizer
     from jaxr1.sampling import STOP_LENGTH, generate
     G, Tc = cfg.rl.num_generations, cfg.rl.max_completion_length
-    global_prompts = cfg.data.batch_size * jax.process_count()   # data.batch_size is per host
-    n_mb = global_prompts // cfg.rl.micro_batch_prompts if cfg.rl.micro_batch_prompts else 1
+    n_mb = layout.micro_batches
     bar = tqdm(range(start_step, cfg.steps + 1), desc="grpo", disable=not is_main, dynamic_ncols=True,
                initial=start_step - 1, total=cfg.steps)
     for step in bar:
@@ -255,7 +264,7 @@ def train(args) -> int:
         mask = ((np.arange(Tc)[None] < lengths[:, None]) & valid_rows[:, None]).astype(np.int32)
         chunks = split_prompts(batch, n_mb)
         mbs = []
-        per = global_prompts // n_mb * G
+        per = layout.mb_rows
         for c, chunk in enumerate(chunks):
             inputs, deltas = model_inputs(policy.config, chunk, patches_per_slot=patches_per_slot)
             rows = slice(c * per, (c + 1) * per)
@@ -343,7 +352,7 @@ def train(args) -> int:
     runlog.close()
     # Every process joins the (collective) saves; only process 0 writes files that are not orbax's.
     from jaxr1.checkpointing import save_model
-    from jaxr1.models.qwen2_5_vl import save_hf
+    from jaxr1.models import save_hf
     save_model(learner.model(), os.path.join(run_dir, "checkpoint"), source_dir=model_dir, primary=is_main)
     if cfg.export_hf:
         host = jax.tree.map(to_host, learner.params)      # gathers shards from every host

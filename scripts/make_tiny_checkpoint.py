@@ -1,10 +1,12 @@
 """Build the embedded tiny Qwen2.5-VL checkpoint (HF format) in jaxr1/assets/tiny_qwen2_5_vl/, reproducibly.
 
-    python scripts/make_tiny_checkpoint.py [--out DIR]
+    python scripts/make_tiny_checkpoint.py [--family qwen2_5_vl|qwen2_vl] [--out DIR]
 
 A byte-level BPE tokenizer (Qwen2's pre-tokenizer, Qwen's special tokens in Qwen's order, Qwen2.5-VL's chat
 template) trained on a small synthetic corpus, a Qwen2VLImageProcessor config for small images, and a random
 Qwen2.5-VL of about one million parameters written by jaxr1's own `save_hf`. Loads in transformers and jaxr1.
+`--family qwen2_vl` writes jaxr1/assets/tiny_qwen2_vl/ instead: the same tokenizer, image processor and text
+sizes (Qwen2-VL-Instruct ships the same special tokens and chat template) with a Qwen2-VL vision tower.
 """
 from __future__ import annotations
 
@@ -94,8 +96,10 @@ def build_tokenizer(out_dir: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     from jaxr1.assets import TINY_MODEL_DIR
-    ap.add_argument("--out", default=TINY_MODEL_DIR)
+    ap.add_argument("--family", choices=("qwen2_5_vl", "qwen2_vl"), default="qwen2_5_vl")
+    ap.add_argument("--out", default=None, help="default: jaxr1/assets/tiny_<family>")
     args = ap.parse_args()
+    args.out = args.out or os.path.join(os.path.dirname(TINY_MODEL_DIR), f"tiny_{args.family}")
     os.makedirs(args.out, exist_ok=True)
     vocab = build_tokenizer(args.out)
     ids = {t: vocab - len(SPECIAL_TOKENS) + i for i, t in enumerate(SPECIAL_TOKENS)}
@@ -109,16 +113,24 @@ def main() -> None:
 
     from flax import nnx
     from jaxr1.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL, TextConfig, VisionConfig, save_hf
-    cfg = ModelConfig(
-        text=TextConfig(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                        num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, mrope_section=(4, 6, 6),
-                        max_position_embeddings=4096),
-        vision=VisionConfig(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, window_size=112,
-                            out_hidden_size=128, fullatt_block_indexes=(1, 3)),
-        tie_word_embeddings=True, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-    save_hf(Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)), args.out)
+    text = TextConfig(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, mrope_section=(4, 6, 6),
+                      max_position_embeddings=4096)
+    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                  bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    if args.family == "qwen2_vl":
+        from jaxr1.models import qwen2_vl
+        cfg = qwen2_vl.ModelConfig(
+            text=text, vision=qwen2_vl.VisionConfig(depth=4, hidden_size=64, intermediate_size=256, num_heads=4,
+                                                    out_hidden_size=128), tie_word_embeddings=True, **tokens)
+        qwen2_vl.save_hf(qwen2_vl.Qwen2_VL(cfg, rngs=nnx.Rngs(0)), args.out)
+    else:
+        cfg = ModelConfig(
+            text=text, vision=VisionConfig(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, window_size=112,
+                                           out_hidden_size=128, fullatt_block_indexes=(1, 3)),
+            tie_word_embeddings=True, **tokens)
+        save_hf(Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)), args.out)
     with open(os.path.join(args.out, "generation_config.json"), "w") as f:
         json.dump({"bos_token_id": ids["<|endoftext|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
                    "pad_token_id": ids["<|endoftext|>"]}, f, indent=2)

@@ -23,11 +23,12 @@ def tiny_hf_config(*, tie: bool = False, vocab: int = 700, window_size: int = 56
         vision_end_token_id=VISION_END_ID, tie_word_embeddings=tie)
 
 
-def make_hf_model(cfg, seed: int = 0):
+def make_hf_model(cfg, seed: int = 0, model_cls=None):
+    """model_cls: the transformers class to build (default Qwen2_5_VLForConditionalGeneration)."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    model = (model_cls or Qwen2_5_VLForConditionalGeneration)(cfg).eval()
     # Random init leaves norms at 1 and biases at 0; perturb everything so parity sees every weight.
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -1,14 +1,27 @@
-"""Model implementations (pure: no training imports). `load_hf(dir)` picks the family by config.json's model_type."""
+"""Model implementations (pure: no training imports), one folder per family, chosen by config.json's model_type.
+
+A family module offers `ModelConfig` (`from_hf_dir`, `to_hf_dict`), its model class (FAMILIES names it),
+`load_hf(dir, dtype)` and `save_hf(model, out_dir, source_dir=None)`. Code outside models/ reaches a family
+only through the functions here.
+"""
 from __future__ import annotations
 
 import importlib
 import json
 import os
 
+import jax.numpy as jnp
+
 from jaxr1.errors import UserError
 
-# model_type -> the family's module (each offers load_hf / save_hf / ModelConfig).
-FAMILIES = {"qwen2_5_vl": "jaxr1.models.qwen2_5_vl"}
+# model_type -> (module, model class)
+FAMILIES = {
+    "qwen2_5_vl": ("jaxr1.models.qwen2_5_vl", "Qwen2_5_VL"),
+    "qwen2_vl": ("jaxr1.models.qwen2_vl", "Qwen2_VL"),
+    # Loads, converts and matches transformers' logits; the sampler and the trainer's log-probs do not serve it
+    # yet (they need the Qwen3 layer body in decode and DeepStack in the policy forward).
+    "qwen3_vl": ("jaxr1.models.qwen3_vl", "Qwen3VL"),
+}
 
 
 def model_type(model_dir: str) -> str:
@@ -16,15 +29,40 @@ def model_type(model_dir: str) -> str:
     if not os.path.isfile(path):
         raise UserError(f"{model_dir}: no config.json (not an HF model directory)")
     with open(path) as f:
-        return json.load(f).get("model_type", "")
+        return json.load(f).get("model_type") or "qwen2_5_vl"
 
 
 def family(name: str):
     if name not in FAMILIES:
         raise UserError(f"model_type {name!r} is not supported; supported: {', '.join(sorted(FAMILIES))}")
-    return importlib.import_module(FAMILIES[name])
+    return importlib.import_module(FAMILIES[name][0])
+
+
+def family_of(config):
+    """The family module whose ModelConfig `config` is (a model's `.config`)."""
+    for name in FAMILIES:
+        module = family(name)
+        if type(config) is module.ModelConfig:
+            return module
+    raise TypeError(f"{type(config).__qualname__} is no registered family's ModelConfig")
+
+
+def config_from_dir(model_dir: str):
+    return family(model_type(model_dir)).ModelConfig.from_hf_dir(model_dir)
+
+
+def build(config, dtype="float32", rngs=None):
+    """A model of `config`'s family (call under nnx.eval_shape for shapes only)."""
+    module = family_of(config)
+    name = next(n for n, (m, _) in FAMILIES.items() if m == module.__name__)
+    return getattr(module, FAMILIES[name][1])(config, jnp.dtype(dtype), rngs)
 
 
 def load_hf(model_dir: str, dtype: str = "float32"):
     """Any supported family from an HF directory (safetensors, single or sharded; transformers 4.x or 5.x)."""
-    return family(model_type(model_dir) or "qwen2_5_vl").load_hf(model_dir, dtype=dtype)
+    return family(model_type(model_dir)).load_hf(model_dir, dtype=dtype)
+
+
+def save_hf(model, out_dir: str, *, source_dir: str | None = None) -> None:
+    """An HF directory of the model's family that transformers' from_pretrained loads."""
+    family_of(model.config).save_hf(model, out_dir, source_dir=source_dir)

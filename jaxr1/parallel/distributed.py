@@ -1,6 +1,7 @@
 """Multi-host start-up: `jax.distributed.initialize` from the environment, before any other JAX call.
 
-- TPU pods (and Cloud TPU VMs): no arguments; JAX finds the slice's hosts itself.
+- TPU pods (GCE TPU VMs, GKE, multislice): no arguments; JAX finds the slice's hosts itself. Whether this
+  is a pod at all (more than one host) is jaxr1.parallel.tpu.slice_hosts: a single-host TPU VM is not.
 - SLURM: JAX's SLURM cluster detection (SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID, ...), one task per host.
 - Anything else (a GPU cluster without SLURM, tests on localhost): JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
   JAX_PROCESS_ID (and JAX_LOCAL_DEVICE_IDS if a host runs several processes).
@@ -29,10 +30,15 @@ def initialize_from_env() -> bool:
             kwargs["local_device_ids"] = [int(i) for i in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
         if env.get("JAX_PLATFORMS", "").startswith("cpu"):
             jax.config.update("jax_cpu_collectives_implementation", "gloo")   # CPU collectives across processes
-    elif int(env.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in env or "MEGASCALE_COORDINATOR_ADDRESS" in env:
-        pass  # JAX's cluster auto-detection (SLURM, TPU pod) fills in everything
+    elif int(env.get("SLURM_NTASKS", "1")) > 1:
+        pass  # JAX's SLURM detection fills in everything
     else:
-        return False
+        from jaxr1.parallel.tpu import slice_hosts
+        hosts = slice_hosts(env)
+        if hosts == 1:
+            return False
+        # A pod, or a TPU VM whose host count could not be read: JAX's TPU cluster detection does the rest.
+        log.info("TPU slice of %s hosts: jax.distributed.initialize()", "unknown" if hosts is None else hosts)
     jax.distributed.initialize(**kwargs)
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())

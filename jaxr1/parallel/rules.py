@@ -15,7 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxr1.parallel.mesh import BATCH_AXES, MeshError
+from jaxr1.parallel.layout import check_tensor_heads
+from jaxr1.parallel.mesh import BATCH_AXES
 
 log = logging.getLogger("jaxr1.parallel")
 
@@ -46,12 +47,7 @@ def _path(keys) -> str:
 
 
 def check_heads(model_config, mesh) -> None:
-    t = mesh.shape["tensor"]
-    text = model_config.text
-    for name, n in (("num_attention_heads", text.num_attention_heads), ("num_key_value_heads",
-                                                                          text.num_key_value_heads)):
-        if n % t:
-            raise MeshError(f"parallel.tensor={t} does not divide text {name}={n}; use a tensor size dividing {n}")
+    check_tensor_heads(mesh.shape["tensor"], model_config)
 
 
 def spec_for(path: str, shape: tuple[int, ...], mesh, rules=PARAM_RULES) -> P:
@@ -89,7 +85,7 @@ def shard_params(params, mesh, rules=PARAM_RULES):
 
 
 def batch_sharding(mesh, ndim: int, batch_dim: int = 0, size: int | None = None) -> NamedSharding:
-    """Split dim `batch_dim` over (data, fsdp) when it divides, else replicate."""
+    """Split dim `batch_dim` over (data, fsdp) when it divides, else replicate (batch_shardings says so)."""
     n = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
     if size is not None and size % n:
         return NamedSharding(mesh, P())
@@ -98,11 +94,34 @@ def batch_sharding(mesh, ndim: int, batch_dim: int = 0, size: int | None = None)
     return NamedSharding(mesh, P(*spec))
 
 
-def shard_batch(tree, mesh, batch_dims=None):
-    """device_put every array leaf with its batch dim (default 0; M-RoPE positions [3, B, T] use 1) split."""
-    def put(keys, x):
-        if x is None:
-            return None
-        dim = 1 if _path(keys).endswith("positions") else 0
-        return _put(x, batch_sharding(mesh, np.ndim(x), dim, np.shape(x)[dim]))
-    return jax.tree_util.tree_map_with_path(put, tree)
+_LOGGED_REPLICATED: set = set()
+
+
+def batch_shardings(tree, mesh):
+    """The sharding of every array leaf: batch dim 0 (M-RoPE positions [3, B, T]: 1) over (data, fsdp).
+
+    A leaf whose batch dim does not divide is replicated: every chip computes all of it. That is by design
+    for a micro-batch's prompt side (check_batch_layout makes its completion rows divide), never silent: a
+    warning names the arrays, once per set of names."""
+    n = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    replicated = []
+
+    def one(keys, x):
+        path = _path(keys)
+        dim = 1 if path.endswith("positions") else 0
+        size = np.shape(x)[dim]
+        if size % n:
+            replicated.append(f"{path or 'array'}[{size}]")
+        return batch_sharding(mesh, np.ndim(x), dim, size)
+    out = jax.tree_util.tree_map_with_path(one, tree)
+    key = frozenset(r.split("[")[0] for r in replicated)
+    if replicated and key not in _LOGGED_REPLICATED:
+        _LOGGED_REPLICATED.add(key)
+        log.warning("not split over data x fsdp = %d (replicated, every chip computes them; logged once): %s", n,
+                    ", ".join(replicated))
+    return out
+
+
+def shard_batch(tree, mesh):
+    """device_put every array leaf of `tree` (held in full by every process) onto its batch_shardings."""
+    return jax.tree.map(_put, tree, batch_shardings(tree, mesh))

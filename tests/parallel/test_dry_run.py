@@ -32,3 +32,11 @@ def test_7b_without_sharding_on_one_device_does_not_fit():
                              "rl.max_completion_length=64", "data.max_prompt_length=256", "data.max_pixels=50176")
     print(out)
     assert rc == 3 and "does NOT fit" in out and peak > 80
+
+
+@pytest.mark.slow
+def test_qwen2_vl_2b_recipe_fits_8_h100():
+    rc, peak, out = _dry_run("--config", "configs/qwen2_vl_2b_multimodal_open_r1.yaml")
+    print(out)
+    assert rc == 0 and "verdict: fits" in out and peak < 80
+    assert "2.209B parameters" in out and "'fsdp': 8" in out

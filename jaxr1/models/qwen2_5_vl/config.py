@@ -6,10 +6,12 @@ import json
 import os
 from typing import Any
 
+from jaxr1.errors import UserError
+
 ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config.json that is not a usable Qwen2.5-VL config; the message names the file and key."""
 
 
@@ -77,16 +79,7 @@ class ModelConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self):
-        t, v = self.text, self.vision
-        if t.hidden_size % t.num_attention_heads or t.num_attention_heads % t.num_key_value_heads:
-            raise ConfigError(f"text: hidden_size {t.hidden_size}, heads {t.num_attention_heads}, "
-                              f"kv heads {t.num_key_value_heads} do not divide")
-        if 2 * sum(t.mrope_section) != t.head_dim:
-            raise ConfigError(f"text: mrope_section {t.mrope_section} must sum to head_dim/2 = {t.head_dim // 2}")
-        if v.hidden_size % v.num_heads or v.head_dim % 4:
-            raise ConfigError(f"vision: head_dim {v.hidden_size}/{v.num_heads} must be a multiple of 4")
-        if v.out_hidden_size != t.hidden_size:
-            raise ConfigError(f"vision.out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}")
+        check_shapes(self.text, self.vision)
 
     # Named sizes, from the published config.json files of the Instruct checkpoints.
     @classmethod
@@ -107,27 +100,7 @@ class ModelConfig:
         if d.get("model_type") != "qwen2_5_vl" and ARCHITECTURE not in archs:
             raise ConfigError(f"{source}: model_type={d.get('model_type')!r}, architectures={archs}: "
                               f"not a Qwen2.5-VL config (expected model_type 'qwen2_5_vl')")
-        # transformers 5.x nests the text fields under text_config; 4.x keeps them flat at the top level.
-        text_d = dict(d)
-        if isinstance(d.get("text_config"), dict):
-            text_d.update(d["text_config"])
-        if text_d.get("use_sliding_window"):
-            raise ConfigError(f"{source}: use_sliding_window=true is not supported (no released Qwen2.5-VL uses it)")
-        rope = text_d.get("rope_parameters") or text_d.get("rope_scaling") or {}
-        rope_theta = rope.get("rope_theta", text_d.get("rope_theta", TextConfig.rope_theta))
-        text_kw = {}
-        for f in dataclasses.fields(TextConfig):
-            if f.name in text_d:
-                text_kw[f.name] = text_d[f.name]
-        text_kw["rope_theta"] = float(rope_theta)
-        if "mrope_section" in rope:
-            text_kw["mrope_section"] = tuple(rope["mrope_section"])
-        if text_kw.get("num_key_value_heads") is None:
-            text_kw["num_key_value_heads"] = text_kw.get("num_attention_heads", TextConfig.num_attention_heads)
-        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-        for key in required:
-            if key not in text_kw:
-                raise ConfigError(f"{source}: missing text key {key!r}")
+        common = hf_text_kwargs(d, source)
         vd = dict(d.get("vision_config") or {})
         if not vd:
             raise ConfigError(f"{source}: missing key 'vision_config'")
@@ -136,46 +109,21 @@ class ModelConfig:
         vis_kw = {f.name: vd[f.name] for f in dataclasses.fields(VisionConfig) if f.name in vd}
         vis_kw["rope_theta"] = float(vrope.get("rope_theta", VisionConfig.rope_theta))
         vis_kw["fullatt_block_indexes"] = tuple(vd.get("fullatt_block_indexes", VisionConfig.fullatt_block_indexes))
-        vis_kw.setdefault("out_hidden_size", text_kw["hidden_size"])
-        tie = bool(d.get("tie_word_embeddings", False) or text_d.get("tie_word_embeddings", False))
-        top = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                                 "vision_end_token_id") if k in d}
-        for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            if k in text_d:
-                top[k] = text_d[k]
+        vis_kw.setdefault("out_hidden_size", common["text"].hidden_size)
         try:
-            return cls(text=TextConfig(**text_kw), vision=VisionConfig(**vis_kw), tie_word_embeddings=tie, **top)
+            return cls(vision=VisionConfig(**vis_kw), **common)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
     def from_hf_dir(cls, hf_dir: str) -> "ModelConfig":
-        path = os.path.join(hf_dir, "config.json")
-        if not os.path.isdir(hf_dir):
-            raise FileNotFoundError(f"{hf_dir}: no such directory")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: missing (not an HF model directory)")
-        with open(path) as f:
-            try:
-                d = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}: invalid JSON ({e})") from None
+        d, path = read_hf_config(hf_dir)
         return cls.from_hf_dict(d, source=path)
 
     def to_hf_dict(self, dtype: str = "float32") -> dict[str, Any]:
         """The transformers 5.x layout (nested text_config); transformers 4.49+ reads it too."""
-        t, v = self.text, self.vision
-        text_config = {
-            "model_type": "qwen2_5_vl_text",
-            **{f.name: getattr(t, f.name) for f in dataclasses.fields(TextConfig)
-               if f.name not in ("rope_theta", "mrope_section")},
-            "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta,
-                                "mrope_section": list(t.mrope_section)},
-            "use_sliding_window": False,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id, "dtype": dtype,
-        }
+        v = self.vision
+        text_config = hf_text_config(self, "qwen2_5_vl_text", dtype)
         vision_config = {
             "model_type": "qwen2_5_vl_vision",
             **{f.name: getattr(v, f.name) for f in dataclasses.fields(VisionConfig) if f.name != "rope_theta"},
@@ -194,3 +142,82 @@ class ModelConfig:
             "vision_end_token_id": self.vision_end_token_id,
             "dtype": dtype,
         }
+
+
+# ---- Shared with the other Qwen-VL families (same Qwen2 text decoder, same token ids) ----
+def check_shapes(t: TextConfig, v: Any) -> None:
+    """The divisibility the decoder, M-RoPE and the vision rotary need; `v` is any family's VisionConfig
+    (block width `hidden_size`, `num_heads`, merger output `out_hidden_size`)."""
+    if t.hidden_size % t.num_attention_heads or t.num_attention_heads % t.num_key_value_heads:
+        raise ConfigError(f"text: hidden_size {t.hidden_size}, heads {t.num_attention_heads}, "
+                          f"kv heads {t.num_key_value_heads} do not divide")
+    if 2 * sum(t.mrope_section) != t.head_dim:
+        raise ConfigError(f"text: mrope_section {t.mrope_section} must sum to head_dim/2 = {t.head_dim // 2}")
+    if v.hidden_size % v.num_heads or v.head_dim % 4:
+        raise ConfigError(f"vision: head_dim {v.hidden_size}/{v.num_heads} must be a multiple of 4")
+    if v.out_hidden_size != t.hidden_size:
+        raise ConfigError(f"vision.out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}")
+
+
+def read_hf_config(hf_dir: str) -> tuple[dict[str, Any], str]:
+    """(parsed config.json, its path); errors name the directory or file."""
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isdir(hf_dir):
+        raise FileNotFoundError(f"{hf_dir}: no such directory")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing (not an HF model directory)")
+    with open(path) as f:
+        try:
+            return json.load(f), path
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: invalid JSON ({e})") from None
+
+
+def hf_text_kwargs(d: dict[str, Any], source: str, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """ModelConfig keyword arguments other than `vision` (text config, tying, token ids) from an HF config
+    dict. `defaults` replaces TextConfig's defaults for keys the file omits (each family's transformers
+    defaults differ, e.g. rms_norm_eps)."""
+    # transformers 5.x nests the text fields under text_config; 4.x keeps them flat at the top level.
+    text_d = dict(d)
+    if isinstance(d.get("text_config"), dict):
+        text_d.update(d["text_config"])
+    if text_d.get("use_sliding_window"):
+        raise ConfigError(f"{source}: use_sliding_window=true is not supported (no released Qwen-VL uses it)")
+    rope = text_d.get("rope_parameters") or text_d.get("rope_scaling") or {}
+    rope_theta = rope.get("rope_theta", text_d.get("rope_theta", TextConfig.rope_theta))
+    text_kw = dict(defaults or {})
+    for f in dataclasses.fields(TextConfig):
+        if f.name in text_d:
+            text_kw[f.name] = text_d[f.name]
+    text_kw["rope_theta"] = float(rope_theta)
+    if "mrope_section" in rope:
+        text_kw["mrope_section"] = tuple(rope["mrope_section"])
+    if text_kw.get("num_key_value_heads") is None:
+        text_kw["num_key_value_heads"] = text_kw.get("num_attention_heads", TextConfig.num_attention_heads)
+    required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    for key in required:
+        if key not in text_kw:
+            raise ConfigError(f"{source}: missing text key {key!r}")
+    tie = bool(d.get("tie_word_embeddings", False) or text_d.get("tie_word_embeddings", False))
+    top = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                             "vision_end_token_id") if k in d}
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if k in text_d:
+            top[k] = text_d[k]
+    return {"text": TextConfig(**text_kw), "tie_word_embeddings": tie, **top}
+
+
+def hf_text_config(cfg: Any, model_type: str, dtype: str) -> dict[str, Any]:
+    """The nested `text_config` of the transformers 5.x layout for any family's ModelConfig."""
+    t = cfg.text
+    return {
+        "model_type": model_type,
+        **{f.name: getattr(t, f.name) for f in dataclasses.fields(TextConfig)
+           if f.name not in ("rope_theta", "mrope_section")},
+        "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta,
+                            "mrope_section": list(t.mrope_section)},
+        "use_sliding_window": False,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id, "dtype": dtype,
+    }

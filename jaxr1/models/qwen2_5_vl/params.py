@@ -18,6 +18,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from jaxr1.errors import UserError
 from jaxr1.models.qwen2_5_vl.config import ModelConfig
 from jaxr1.models.qwen2_5_vl.model import Qwen2_5_VL
 
@@ -66,12 +67,17 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
                    "generation_config.json")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that does not match the model; the message names the file and the key."""
 
 
+def text_weight_table(cfg) -> list[tuple[str, str, str]]:
+    """The text decoder's rows (and lm_head unless tied); shared by every family using TextDecoder."""
+    return _TEXT + ([] if cfg.tie_word_embeddings else [_LM_HEAD])
+
+
 def weight_table(cfg: ModelConfig) -> list[tuple[str, str, str]]:
-    return _VISION + _TEXT + ([] if cfg.tie_word_embeddings else [_LM_HEAD])
+    return _VISION + text_weight_table(cfg)
 
 
 def canonical_key(key: str) -> str:
@@ -170,7 +176,12 @@ def _read(handles: dict, path: str, key: str, raw_keys: dict[str, str]) -> np.nd
 
 def load_hf(hf_dir: str, dtype: str | jnp.dtype = "float32") -> Qwen2_5_VL:
     """Load an HF Qwen2.5-VL directory into a jaxr1 model in `dtype` (float32 or bfloat16)."""
-    cfg = ModelConfig.from_hf_dir(hf_dir)
+    return load_hf_family(hf_dir, dtype, ModelConfig, Qwen2_5_VL, weight_table)
+
+
+def load_hf_family(hf_dir: str, dtype: str | jnp.dtype, config_cls, model_cls, table_fn) -> nnx.Module:
+    """load_hf for any family: `config_cls.from_hf_dir`, `model_cls(cfg, dtype)` and its `table_fn(cfg)`."""
+    cfg = config_cls.from_hf_dir(hf_dir)
     dtype = jnp.dtype(dtype)
     files = _index_safetensors(hf_dir)
     # Remember the key as stored in the file (either layout) for each canonical key.
@@ -180,10 +191,10 @@ def load_hf(hf_dir: str, dtype: str | jnp.dtype = "float32") -> Qwen2_5_VL:
             raise FileNotFoundError(f"{path}: listed in model.safetensors.index.json but missing")
         for key in _open(path).keys():
             raw_keys[canonical_key(key)] = key
-    model = nnx.eval_shape(lambda: Qwen2_5_VL(cfg, dtype))
+    model = nnx.eval_shape(lambda: model_cls(cfg, dtype))
     expected: set[str] = set()
     handles: dict = {}
-    for path, template, transform in weight_table(cfg):
+    for path, template, transform in table_fn(cfg):
         p = _param(model, path)
         shape = tuple(p.shape)
         stacked = "{i}" in template
@@ -213,11 +224,11 @@ def load_hf(hf_dir: str, dtype: str | jnp.dtype = "float32") -> Qwen2_5_VL:
     return model
 
 
-def hf_state_dict(model: Qwen2_5_VL) -> dict[str, np.ndarray]:
+def hf_state_dict(model: Qwen2_5_VL, table_fn=weight_table) -> dict[str, np.ndarray]:
     """Hub-layout tensors (numpy, the model's dtype), one entry per HF key."""
     cfg = model.config
     out = {}
-    for path, template, transform in weight_table(cfg):
+    for path, template, transform in table_fn(cfg):
         value = np.asarray(jax.device_get(_param(model, path)[...]))
         if "{i}" in template:
             for i in range(value.shape[0]):
@@ -229,11 +240,11 @@ def hf_state_dict(model: Qwen2_5_VL) -> dict[str, np.ndarray]:
 
 
 def save_hf(model: Qwen2_5_VL, out_dir: str, *, source_dir: str | None = None,
-            max_shard_bytes: int = 4 * 1024**3) -> None:
+            max_shard_bytes: int = 4 * 1024**3, table_fn=weight_table) -> None:
     """Write config.json + safetensors (sharded above max_shard_bytes) that transformers loads; copy
-    tokenizer / image-processor files from source_dir when given."""
+    tokenizer / image-processor files from source_dir when given. table_fn: the family's weight table."""
     os.makedirs(out_dir, exist_ok=True)
-    tensors = hf_state_dict(model)
+    tensors = hf_state_dict(model, table_fn)
     dtype_name = {np.dtype(np.float32): "float32"}.get(np.dtype(model.dtype), "bfloat16")
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(model.config.to_hf_dict(dtype_name), f, indent=2)
@@ -261,6 +272,18 @@ def save_hf(model: Qwen2_5_VL, out_dir: str, *, source_dir: str | None = None,
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     if source_dir:
         copy_tokenizer_files(source_dir, out_dir)
+    share_files(out_dir)
+
+
+def share_files(out_dir: str) -> None:
+    """safetensors writes through a private temporary file (mode 0600); a model directory is for everyone
+    who may read the folder, so give the files the mode the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in os.listdir(out_dir):
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            os.chmod(path, 0o666 & ~umask)
 
 
 def copy_tokenizer_files(source_dir: str, out_dir: str) -> None:

@@ -55,13 +55,7 @@ class VisionTower(nnx.Module):
         self.merger = PatchMerger(cfg, dtype, rngs)
 
     def rotary(self, rope_hw: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
-        """Axial 2D rotary: a quarter of head_dim of frequencies for rows, a quarter for columns, doubled."""
-        spatial = self.cfg.head_dim // 2
-        inv_freq = 1.0 / (self.cfg.rope_theta ** (np.arange(0, spatial, 2, dtype=np.float32) / spatial))
-        freqs = rope_hw[..., None].astype(jnp.float32) * inv_freq          # [S, P, 2, hd/4]
-        freqs = freqs.reshape(*freqs.shape[:-2], -1)                        # [S, P, hd/2] (rows then cols)
-        emb = jnp.concatenate([freqs, freqs], axis=-1)
-        return jnp.cos(emb), jnp.sin(emb)
+        return axial_rotary(self.cfg.head_dim, self.cfg.rope_theta, rope_hw)
 
     def __call__(self, patches: jax.Array, rope_hw: jax.Array, window_ids: jax.Array, frame_ids: jax.Array,
                  restore: jax.Array, *, remat: bool = False) -> jax.Array:
@@ -98,9 +92,25 @@ class VisionTower(nnx.Module):
         stacked = {k: v[...] for k, v in vars(self.blocks).items() if isinstance(v, nnx.Param)}
         x, _ = jax.lax.scan(block, x, (stacked, jnp.asarray(is_full)))
 
-        m = self.merger
-        s, n, e = x.shape
-        x = rms_norm(x, m.ln_q[...], _NORM_EPS).reshape(s, n // cfg.merge_unit, e * cfg.merge_unit)
-        x = jax.nn.gelu(linear(x, m.fc1_kernel[...], m.fc1_bias[...]), approximate=False)
-        x = linear(x, m.fc2_kernel[...], m.fc2_bias[...])
-        return jnp.take_along_axis(x, restore[..., None], axis=1)
+        return merge_patches(self.merger, rms_norm(x, self.merger.ln_q[...], _NORM_EPS), restore, cfg.merge_unit)
+
+
+# ---- Shared with the Qwen2-VL vision tower (jaxr1.models.qwen2_vl.vision) ----
+def axial_rotary(head_dim: int, theta: float, rope_hw: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Axial 2D rotary: a quarter of head_dim of frequencies for rows, a quarter for columns, doubled."""
+    spatial = head_dim // 2
+    inv_freq = 1.0 / (theta ** (np.arange(0, spatial, 2, dtype=np.float32) / spatial))
+    freqs = rope_hw[..., None].astype(jnp.float32) * inv_freq          # [S, P, 2, hd/4]
+    freqs = freqs.reshape(*freqs.shape[:-2], -1)                        # [S, P, hd/2] (rows then cols)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def merge_patches(merger: nnx.Module, x: jax.Array, restore: jax.Array, merge_unit: int) -> jax.Array:
+    """Normed patches [S, P, E] -> merged tokens [S, P/merge_unit, out] (each merge_unit consecutive patches
+    concatenated, fc1 -> exact GELU -> fc2), then gathered back to processor order by `restore`."""
+    s, n, e = x.shape
+    x = x.reshape(s, n // merge_unit, e * merge_unit)
+    x = jax.nn.gelu(linear(x, merger.fc1_kernel[...], merger.fc1_bias[...]), approximate=False)
+    x = linear(x, merger.fc2_kernel[...], merger.fc2_bias[...])
+    return jnp.take_along_axis(x, restore[..., None], axis=1)

@@ -32,11 +32,13 @@ def next_bucket(n: int, minimum: int = 16) -> int:
     return b
 
 
-def image_window_order(grid_thw, *, spatial_merge_size: int, window_size: int, patch_size: int):
-    """Merged-token order by window for one image, and the window id of each token in that order."""
+def image_window_order(grid_thw, *, spatial_merge_size: int, window_size: int | None, patch_size: int):
+    """Merged-token order by window for one image, and the window id of each token in that order.
+    window_size=None (no window attention, as in Qwen2-VL): one window per frame, processor order kept."""
     t, h, w = (int(x) for x in grid_thw)
     lh, lw = h // spatial_merge_size, w // spatial_merge_size
-    win = window_size // spatial_merge_size // patch_size  # window side, in merged tokens
+    # window side, in merged tokens
+    win = max(lh, lw, 1) if window_size is None else window_size // spatial_merge_size // patch_size
     index = np.arange(t * lh * lw).reshape(t, lh, lw)
     nwh, nww = -(-lh // win), -(-lw // win)
     order, wid = [], []
@@ -60,7 +62,7 @@ def image_patch_positions(grid_thw, spatial_merge_size: int) -> np.ndarray:
 
 
 def build_vision_layout(pixel_values: np.ndarray, image_grid_thw: np.ndarray, *, spatial_merge_size: int,
-                        window_size: int, patch_size: int, num_slots: int | None = None,
+                        window_size: int | None, patch_size: int, num_slots: int | None = None,
                         patches_per_slot: int | None = None) -> VisionLayout:
     grids = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
     pixel_values = np.asarray(pixel_values)
