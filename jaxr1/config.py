@@ -58,6 +58,7 @@ class RLConfig:
     dynamic_sampling: bool = False        # DAPO: drop zero-variance groups and refill
     max_refill_rounds: int = 3
     logprob_chunk: int = 128
+    trim_completions: bool = True         # train on completions cut to the step's longest (bucketed); false: pad to max
 
 
 @dataclasses.dataclass

@@ -227,6 +227,7 @@ def train(args) -> int:
 
     from jaxr1.rl.advantages import compute_advantages
     from jaxr1.rl.losses import compute_loss_normalizer
+    from jaxr1.rl.trim import trimmed_length
     from jaxr1.sampling import STOP_LENGTH, generate
     G, Tc = cfg.rl.num_generations, cfg.rl.max_completion_length
     n_mb = layout.micro_batches
@@ -261,7 +262,10 @@ def train(args) -> int:
         examples = [ex for ex in batch.examples for _ in range(G)]
         future = scorer.submit(texts, examples, completion_lengths=lengths, max_completion_length=Tc)
         valid_rows = np.repeat(batch.valid, G)
-        mask = ((np.arange(Tc)[None] < lengths[:, None]) & valid_rows[:, None]).astype(np.int32)
+        # The training passes see completions cut to this step's longest (bucketed): cost follows real tokens.
+        Tt = trimmed_length(lengths, Tc) if cfg.rl.trim_completions else Tc
+        tokens, sampler_logprobs = tokens[:, :Tt], sampler_logprobs[:, :Tt]
+        mask = ((np.arange(Tt)[None] < lengths[:, None]) & valid_rows[:, None]).astype(np.int32)
         chunks = split_prompts(batch, n_mb)
         mbs = []
         per = layout.mb_rows
@@ -299,6 +303,7 @@ def train(args) -> int:
             "reward/total_mean": float(total[v].mean()), "reward/total_std": float(total[v].std()),
             "completion/length_mean": float(lengths[v].mean()), "completion/length_max": float(lengths[v].max()),
             "completion/truncated_frac": float(np.mean(gen_stop[v] == STOP_LENGTH)),
+            "completion/trained_length": float(Tt),
             "rl/dynamic_sampling_refilled_groups": float(dropped_groups),
             "rl/zero_std_frac": float(adv_stats.get("zero_std_frac", 0.0)),
             "rl/sampler_trainer_logprob_gap": float(gap.mean()) if gap.size else 0.0,

@@ -125,6 +125,14 @@ class Learner:
         metrics["loss"] = loss
         return grads, metrics, logprobs
 
+    @functools.partial(jax.jit, static_argnums=0, donate_argnums=(4, 5))
+    def accumulate(self, params, mb: MicroBatch, normalizer, total, metrics_sum):
+        """grads() added into the running sums on the device; the sums' buffers are donated (updated in
+        place), so a later micro-batch adds no second gradient copy and no host sync."""
+        g, m, logprobs = self.grads(params, mb, normalizer)
+        total = jax.tree.map(jnp.add, total, g)
+        return total, {k: metrics_sum[k] + v for k, v in m.items()}, logprobs
+
     @functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
     def apply(self, params, opt_state, grads):
         grad_norm = optax.tree.norm(grads)
@@ -140,15 +148,16 @@ class Learner:
         """One optimizer step over the micro-batches. A micro-batch without old_logprobs is on-policy (the
         first pass over a fresh rollout): its ratio is exp(logp - stop_gradient(logp)) = 1 and the log-probs
         this forward computed become its old_logprobs, saving a separate forward pass."""
-        total, metrics_sum = None, {}
+        total = metrics_sum = None
         for mb in micro_batches:
-            g, m, logprobs = self.grads(self.params, mb, normalizer)
+            if total is None:
+                total, metrics_sum, logprobs = self.grads(self.params, mb, normalizer)
+            else:
+                total, metrics_sum, logprobs = self.accumulate(self.params, mb, normalizer, total, metrics_sum)
             if mb.old_logprobs is None:
                 mb.old_logprobs = logprobs
-            total = g if total is None else jax.tree.map(jnp.add, total, g)
-            for k, v in m.items():
-                metrics_sum[k] = metrics_sum.get(k, 0.0) + float(v)
         self.params, self.opt_state, grad_norm, finite = self.apply(self.params, self.opt_state, total)
+        metrics_sum = {k: float(v) for k, v in jax.device_get(metrics_sum).items()}   # one sync, at the end
         if not bool(finite):
             self.skipped_updates += 1
         n = len(micro_batches)
