@@ -93,6 +93,28 @@ def build_tokenizer(out_dir: str) -> int:
     return tok.get_vocab_size()
 
 
+def write_preprocessor_config(out_dir: str, *, patch_size: int = 14, merge_size: int = 2,
+                              min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> None:
+    """The Qwen2VLImageProcessor config (Qwen3-VL's processor is the same with patch 16), with the synthetic
+    scenes' image statistics."""
+    with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
+        json.dump({"image_processor_type": "Qwen2VLImageProcessor", "min_pixels": min_pixels,
+                   "max_pixels": max_pixels, "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                   "patch_size": patch_size, "temporal_patch_size": 2, "merge_size": merge_size,
+                   "image_mean": IMAGE_MEAN, "image_std": IMAGE_STD,
+                   "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+                   "rescale_factor": 1 / 255, "resample": 3}, f, indent=2)
+
+
+def write_generation_config(out_dir: str, ids: dict[str, int], vocab: int) -> None:
+    """generation_config.json (stop at <|im_end|> or <|endoftext|>), then report the directory's size."""
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": ids["<|endoftext|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+                   "pad_token_id": ids["<|endoftext|>"]}, f, indent=2)
+    size = sum(os.path.getsize(os.path.join(out_dir, n)) for n in os.listdir(out_dir))
+    print(f"wrote {out_dir}: vocab {vocab}, {size / 1e6:.1f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     from jaxr1.assets import TINY_MODEL_DIR
@@ -103,13 +125,7 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     vocab = build_tokenizer(args.out)
     ids = {t: vocab - len(SPECIAL_TOKENS) + i for i, t in enumerate(SPECIAL_TOKENS)}
-    with open(os.path.join(args.out, "preprocessor_config.json"), "w") as f:
-        json.dump({"image_processor_type": "Qwen2VLImageProcessor", "min_pixels": MIN_PIXELS,
-                   "max_pixels": MAX_PIXELS, "size": {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
-                   "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
-                   "image_mean": IMAGE_MEAN, "image_std": IMAGE_STD,
-                   "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
-                   "rescale_factor": 1 / 255, "resample": 3}, f, indent=2)
+    write_preprocessor_config(args.out)
 
     from flax import nnx
     from jaxr1.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL, TextConfig, VisionConfig, save_hf
@@ -131,11 +147,7 @@ def main() -> None:
                                            out_hidden_size=128, fullatt_block_indexes=(1, 3)),
             tie_word_embeddings=True, **tokens)
         save_hf(Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)), args.out)
-    with open(os.path.join(args.out, "generation_config.json"), "w") as f:
-        json.dump({"bos_token_id": ids["<|endoftext|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
-                   "pad_token_id": ids["<|endoftext|>"]}, f, indent=2)
-    size = sum(os.path.getsize(os.path.join(args.out, n)) for n in os.listdir(args.out))
-    print(f"wrote {args.out}: vocab {vocab}, {size / 1e6:.1f} MB")
+    write_generation_config(args.out, ids, vocab)
 
 
 if __name__ == "__main__":

@@ -70,15 +70,10 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     ids = build_tokenizer(args.out)
     vocab = max(ids.values()) + 1
-    with open(os.path.join(args.out, "preprocessor_config.json"), "w") as f:
-        # Qwen2VLImageProcessor with patch 16 is Qwen3-VL's image processor; the synthetic scenes' statistics
-        # (see make_tiny_checkpoint.py) keep the tiny model usable with the same tiny training recipes.
-        json.dump({"image_processor_type": "Qwen2VLImageProcessor", "min_pixels": MIN_PIXELS,
-                   "max_pixels": MAX_PIXELS, "size": {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
-                   "patch_size": PATCH, "temporal_patch_size": 2, "merge_size": MERGE,
-                   "image_mean": base.IMAGE_MEAN, "image_std": base.IMAGE_STD,
-                   "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
-                   "rescale_factor": 1 / 255, "resample": 3}, f, indent=2)
+    # Qwen2VLImageProcessor with patch 16 is Qwen3-VL's image processor; the synthetic scenes' statistics
+    # (see make_tiny_checkpoint.py) keep the tiny model usable with the same tiny training recipes.
+    base.write_preprocessor_config(args.out, patch_size=PATCH, merge_size=MERGE, min_pixels=MIN_PIXELS,
+                                   max_pixels=MAX_PIXELS)
 
     from flax import nnx
     from jaxr1.models.qwen3_vl import ModelConfig, Qwen3VL, TextConfig, VisionConfig, save_hf
@@ -92,11 +87,7 @@ def main() -> None:
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     save_hf(Qwen3VL(cfg, rngs=nnx.Rngs(0)), args.out)
-    with open(os.path.join(args.out, "generation_config.json"), "w") as f:
-        json.dump({"bos_token_id": ids["<|endoftext|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
-                   "pad_token_id": ids["<|endoftext|>"]}, f, indent=2)
-    size = sum(os.path.getsize(os.path.join(args.out, n)) for n in os.listdir(args.out))
-    print(f"wrote {args.out}: vocab {vocab}, {size / 1e6:.1f} MB")
+    base.write_generation_config(args.out, ids, vocab)
 
 
 if __name__ == "__main__":

@@ -37,11 +37,11 @@ def make_hf_model(cfg, seed: int = 0, model_cls=None):
     return model
 
 
-def random_image_inputs(grids: list[tuple[int, int, int]], seed: int = 0):
-    """pixel_values [N, 3*2*14*14] and image_grid_thw as the image processor emits them."""
+def random_image_inputs(grids: list[tuple[int, int, int]], seed: int = 0, patch: int = 14):
+    """pixel_values [N, 3*2*patch*patch] and image_grid_thw as the image processor emits them."""
     rng = np.random.default_rng(seed)
     n = sum(t * h * w for t, h, w in grids)
-    return rng.standard_normal((n, 3 * 2 * 14 * 14)).astype(np.float32), np.asarray(grids, np.int64)
+    return rng.standard_normal((n, 3 * 2 * patch * patch)).astype(np.float32), np.asarray(grids, np.int64)
 
 
 def prompt_ids(text_len: int, grids=(), seed: int = 0, vocab: int = 600) -> list[int]:

@@ -18,8 +18,6 @@ from jaxr1.errors import UserError
 FAMILIES = {
     "qwen2_5_vl": ("jaxr1.models.qwen2_5_vl", "Qwen2_5_VL"),
     "qwen2_vl": ("jaxr1.models.qwen2_vl", "Qwen2_VL"),
-    # Loads, converts and matches transformers' logits; the sampler and the trainer's log-probs do not serve it
-    # yet (they need the Qwen3 layer body in decode and DeepStack in the policy forward).
     "qwen3_vl": ("jaxr1.models.qwen3_vl", "Qwen3VL"),
 }
 

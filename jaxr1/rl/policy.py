@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxr1.models.qwen2_5_vl import ModelInputs, Qwen2_5_VL
+from jaxr1.models.qwen2_5_vl import ModelInputs
 from jaxr1.rl.logprobs import token_logprobs
 
 
@@ -21,7 +21,7 @@ def completion_positions(prompt_mask: jax.Array, rope_deltas: jax.Array, num_com
     return jnp.broadcast_to(pos[None], (3, *pos.shape))
 
 
-def completion_logprobs(model: Qwen2_5_VL, prompt: ModelInputs, rope_deltas: jax.Array, completions: jax.Array,
+def completion_logprobs(model, prompt: ModelInputs, rope_deltas: jax.Array, completions: jax.Array,
                         completion_mask: jax.Array, *, temperature: float = 1.0, chunk_size: int = 128,
                         remat: bool = False, freeze_vision: bool = False) -> tuple[jax.Array, jax.Array]:
     """prompt: B prompts; completions/mask [B*G, Tc]. Returns (logprobs, entropy), each [B*G, Tc] float32."""
@@ -39,7 +39,13 @@ def completion_logprobs(model: Qwen2_5_VL, prompt: ModelInputs, rope_deltas: jax
                                                                         completions.shape[1])], axis=-1)
     positions = jnp.repeat(positions, g, axis=1)
     kv_valid = jnp.concatenate([jnp.repeat(prompt.attention_mask, g, axis=0), completion_mask], axis=1)
-    hidden, _ = lm(embeds, positions, kv_valid, remat=remat)
+    extra = {}
+    deepstack = getattr(model, "deepstack_inputs", None)
+    if deepstack is not None and (ds := deepstack(prompt, image_features)) is not None:
+        index, feats = ds
+        index = jnp.concatenate([jnp.repeat(index, g, axis=0), jnp.full(completions.shape, -1, index.dtype)], axis=1)
+        extra["deepstack"] = (index, feats)
+    hidden, _ = lm(embeds, positions, kv_valid, remat=remat, **extra)
     # The hidden state at slot s predicts the token at slot s + 1.
     hidden = hidden[:, tp - 1: tp - 1 + completions.shape[1]]
     if lm.lm_head is None:

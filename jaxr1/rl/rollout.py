@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxr1.models.qwen2_5_vl import ModelConfig, prepare_inputs
+from jaxr1.models.qwen2_5_vl import ModelConfig
 from jaxr1.models.qwen2_5_vl.vision_index import next_bucket
 
 
@@ -37,8 +37,10 @@ def model_inputs(cfg: ModelConfig, chunk: dict, *, patches_per_slot: int | None 
     slots = next_bucket(max(n_images, 1), 1)
     if grids is not None and patches_per_slot is not None and grids.prod(-1).max() > patches_per_slot:
         patches_per_slot = None  # an image above the configured bound gets its own bucket
-    return prepare_inputs(cfg, chunk["input_ids"], chunk["attention_mask"], chunk["pixel_values"], grids,
-                          num_image_slots=slots if n_images else None, patches_per_slot=patches_per_slot)
+    from jaxr1.models import family_of   # each family lays out its own image inputs
+    return family_of(cfg).prepare_inputs(cfg, chunk["input_ids"], chunk["attention_mask"], chunk["pixel_values"],
+                                         grids, num_image_slots=slots if n_images else None,
+                                         patches_per_slot=patches_per_slot)
 
 
 def max_patches(image_processor) -> int | None:

@@ -11,8 +11,8 @@ import dataclasses
 import jax
 import numpy as np
 
-from jaxr1.models.qwen2_5_vl.config import ModelConfig
-from jaxr1.models.qwen2_5_vl.model import ModelInputs, prepare_inputs
+from jaxr1.models import family_of
+from jaxr1.models.qwen2_5_vl.model import ModelInputs   # every family's (Qwen2-VL and Qwen3-VL reuse it)
 
 
 @jax.tree_util.register_dataclass
@@ -42,9 +42,11 @@ def bucket_gen_length(n: int) -> int:
     return _pow2_at_least(n, 16)
 
 
-def prepare_prompts(cfg: ModelConfig, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
+def prepare_prompts(cfg, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
                     pad_token_id: int = 0, prompt_length: int | None = None) -> SamplerPrompts:
-    """From what the tokenizer (left or right padded) and image processor produce, as numpy arrays."""
+    """From what the tokenizer (left or right padded) and image processor produce, as numpy arrays. `cfg` is a
+    model's `.config` (or the model itself): its family's own `prepare_inputs` builds the model inputs."""
+    cfg = getattr(cfg, "config", cfg)
     ids = np.asarray(input_ids)
     if ids.ndim != 2:
         raise ValueError(f"input_ids must be [B, T], got shape {ids.shape}")
@@ -62,5 +64,5 @@ def prepare_prompts(cfg: ModelConfig, input_ids, attention_mask=None, pixel_valu
     for i, (row, m) in enumerate(zip(ids, mask.astype(bool))):
         aligned[i, tp - lengths[i]:] = row[m]
         aligned_mask[i, tp - lengths[i]:] = 1
-    inputs, deltas = prepare_inputs(cfg, aligned, aligned_mask, pixel_values, image_grid_thw)
+    inputs, deltas = family_of(cfg).prepare_inputs(cfg, aligned, aligned_mask, pixel_values, image_grid_thw)
     return SamplerPrompts(inputs, lengths, np.asarray(deltas, np.int32))

@@ -1,4 +1,4 @@
-"""One decode step of the Qwen2.5-VL text decoder over a prompt-shared KV cache.
+"""One decode step of a model family's text decoder over a prompt-shared KV cache.
 
 The prompt's keys/values are stored once per prompt ([L, B, Tp, ...]) and read by all of its `n` samples:
 the n query rows of a prompt attend to it like n query positions of one sequence. Each sample's own
@@ -6,8 +6,10 @@ tokens go to a per-row cache ([L, B*n, N, ...]) written one slot per step in pla
 softmax (scores are concatenated), so this is the same attention as over a replicated cache, without
 copying the prompt n times or reading it n times per step.
 
-The layer math mirrors `jaxr1.models.qwen2_5_vl.text.TextDecoder` (same ops, same casts); the greedy parity
-tests against transformers cover both.
+There is no layer math here: each step runs the text decoder's own layer body (`lm.layer(p, x, cos, sin,
+attend)`, the one its training / prefill forward runs) with `attend` = shared-prefix attention that also
+writes this token's K/V into its slot, and the family's RoPE tables (`lm.cos_sin`). Any family whose
+TextDecoder offers `layer`, `cos_sin`, `stacked_layer_params`, `embed_tokens`, `norm` and `logits` decodes.
 """
 from __future__ import annotations
 
@@ -15,10 +17,8 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from jaxr1.models.qwen2_5_vl.text import TextDecoder, mrope_cos_sin
-from jaxr1.ops.layers import activation, apply_rope, linear, rms_norm
+from jaxr1.ops.layers import rms_norm
 
 _NEG_INF = -1e30  # as jaxr1.ops.attention: finite, so a fully masked row is uniform, not NaN
 
@@ -52,7 +52,7 @@ class GenKV:
     v: jax.Array | tuple[jax.Array, ...]
 
     @classmethod
-    def zeros(cls, lm: TextDecoder, rows: int, length: int, dtype, layer_loop: str) -> "GenKV":
+    def zeros(cls, lm, rows: int, length: int, dtype, layer_loop: str) -> "GenKV":
         c = lm.cfg
         k_shape = (rows, c.num_key_value_heads, c.head_dim, length)
         v_shape = (rows, c.num_key_value_heads, length, c.head_dim)
@@ -62,24 +62,21 @@ class GenKV:
         return cls(*(jnp.zeros((c.num_hidden_layers, *shape), dtype) for shape in (k_shape, v_shape)))
 
 
-def stacked_layer_params(lm: TextDecoder) -> dict[str, jax.Array]:
-    return {k: v[...] for k, v in vars(lm.layers).items() if isinstance(v, nnx.Param)}
-
-
-def layer_params(lm: TextDecoder, layer_loop: str):
+def layer_params(lm, layer_loop: str):
     """Stacked weights for "scan"; for "unroll", one dict per layer. Call it outside the decode loop: the
     per-layer slices are then made once per call rather than (as a scan's dynamic slices are on CPU) copied
     every step."""
-    stacked = stacked_layer_params(lm)
+    stacked = lm.stacked_layer_params()
     if layer_loop == "scan":
         return stacked
-    # Per layer, with q/k/v and gate/up fused into one matmul each (fewer, larger GEMMs per step).
-    cat = lambda names, i: jnp.concatenate([stacked[n][i] for n in names], axis=-1)
-    return [dict(input_norm=stacked["input_norm"][i], post_attention_norm=stacked["post_attention_norm"][i],
-                 qkv_kernel=cat(("q_kernel", "k_kernel", "v_kernel"), i),
-                 qkv_bias=cat(("q_bias", "k_bias", "v_bias"), i),
-                 o_kernel=stacked["o_kernel"][i], gate_up_kernel=cat(("gate_kernel", "up_kernel"), i),
-                 down_kernel=stacked["down_kernel"][i])
+    # Per layer, with q/k/v (+ biases where the family has them) and gate/up fused into one matmul each
+    # (fewer, larger GEMMs per step); the family's projections read either form. Other weights as they are.
+    fused = {"qkv_kernel": ("q_kernel", "k_kernel", "v_kernel"), "qkv_bias": ("q_bias", "k_bias", "v_bias"),
+             "gate_up_kernel": ("gate_kernel", "up_kernel")}
+    fused = {k: names for k, names in fused.items() if all(n in stacked for n in names)}
+    parts = {n for names in fused.values() for n in names}
+    return [{**{k: v[i] for k, v in stacked.items() if k not in parts},
+             **{k: jnp.concatenate([stacked[n][i] for n in names], axis=-1) for k, names in fused.items()}}
             for i in range(lm.cfg.num_hidden_layers)]
 
 
@@ -109,47 +106,40 @@ def shared_prefix_attention(q, pk, pv, p_valid, gk, gv, g_valid):
     return (o / denom[..., None]).reshape(r, h * hd).astype(q.dtype)
 
 
-def _layer(cfg, p, x, cos, sin, pk, pv, p_valid, gk, gv, slot, g_valid):
-    """One decoder layer for one new token per row; writes its K/V into slot `slot` of gk/gv."""
+def _layer(lm, p, x, cos, sin, pk, pv, p_valid, gk, gv, slot, g_valid):
+    """The decoder's layer body for one new token per row (x [R, D], cos/sin [R, hd]), attending over the
+    prompt's cache and the row's own; writes its K/V into slot `slot` of gk [R, Hkv, hd, N] / gv [R, Hkv, N, hd]."""
     r, dtype = x.shape[0], x.dtype
-    heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-    if "qkv_kernel" in p:
-        q, k, v = jnp.split(linear(h, p["qkv_kernel"], p["qkv_bias"]), [heads * hd, (heads + kv_heads) * hd], axis=-1)
-    else:
-        q, k, v = (linear(h, p[f"{n}_kernel"], p[f"{n}_bias"]) for n in "qkv")
-    q, k, v = q.reshape(r, 1, heads, hd), k.reshape(r, 1, kv_heads, hd), v.reshape(r, kv_heads, 1, hd)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin).reshape(r, kv_heads, hd, 1)
-    k, v = k.astype(gk.dtype), v.astype(gv.dtype)
-    gk = jax.lax.dynamic_update_slice(gk, k, (0, 0, 0, slot))
-    gv = jax.lax.dynamic_update_slice(gv, v, (0, 0, slot, 0))
-    o = shared_prefix_attention(q[:, 0], pk.astype(dtype), pv.astype(dtype), p_valid, gk.astype(dtype),
-                                gv.astype(dtype), g_valid)
-    x = x + o @ p["o_kernel"]
-    h = rms_norm(x, p["post_attention_norm"], cfg.rms_norm_eps)
-    if "gate_up_kernel" in p:
-        gate, up = jnp.split(h @ p["gate_up_kernel"], 2, axis=-1)
-    else:
-        gate, up = h @ p["gate_kernel"], h @ p["up_kernel"]
-    x = x + (activation(cfg.hidden_act)(gate) * up) @ p["down_kernel"]
+
+    def attend(q, k, v):   # q [R, H, hd], k / v [R, Hkv, hd]
+        k = k.reshape(r, k.shape[1], k.shape[2], 1).astype(gk.dtype)     # slot-minor
+        v = v.reshape(r, v.shape[1], 1, v.shape[2]).astype(gv.dtype)
+        gk_new = jax.lax.dynamic_update_slice(gk, k, (0, 0, 0, slot))
+        gv_new = jax.lax.dynamic_update_slice(gv, v, (0, 0, slot, 0))
+        o = shared_prefix_attention(q, pk.astype(dtype), pv.astype(dtype), p_valid, gk_new.astype(dtype),
+                                    gv_new.astype(dtype), g_valid)
+        return o, (gk_new, gv_new, k, v)
+
+    x, (gk, gv, k, v) = lm.layer(p, x, cos, sin, attend)
     return x, gk, gv, k, v
 
 
-def decode_step(lm: TextDecoder, layers, tokens: jax.Array, positions: jax.Array, slot: jax.Array,
+def decode_step(lm, layers, tokens: jax.Array, positions: jax.Array, slot: jax.Array,
                 prompt: PromptKV, gen: GenKV) -> tuple[jax.Array, GenKV]:
     """Feed tokens [R] at text positions [R] (same on all three M-RoPE channels) into gen slot `slot`;
     returns float32 logits [R, V] for the next token and the updated cache. `layers` from `layer_params`."""
     cfg = lm.cfg
     x = lm.embed_tokens(tokens)                                      # [R, D]
     r = x.shape[0]
-    cos, sin = mrope_cos_sin(cfg, jnp.broadcast_to(positions[None, :, None], (3, r, 1)), x.dtype)
+    cos, sin = lm.cos_sin(jnp.broadcast_to(positions[None, :, None], (3, r, 1)), x.dtype)
+    cos, sin = cos[:, 0], sin[:, 0]                                  # [R, hd]
     unrolled = isinstance(gen.k, tuple)
     g_valid = jnp.arange(gen.v[0].shape[-2]) <= slot
     if unrolled:
         # Separate per-layer buffers in the while-loop carry: each update is in place, each read a plain operand.
         new_k, new_v = [], []
         for i, p in enumerate(layers):
-            x, gk, gv, _, _ = _layer(cfg, p, x, cos, sin, prompt.k[i], prompt.v[i], prompt.valid, gen.k[i],
+            x, gk, gv, _, _ = _layer(lm, p, x, cos, sin, prompt.k[i], prompt.v[i], prompt.valid, gen.k[i],
                                      gen.v[i], slot, g_valid)
             new_k.append(gk)
             new_v.append(gv)
@@ -159,7 +149,7 @@ def decode_step(lm: TextDecoder, layers, tokens: jax.Array, positions: jax.Array
             x, gk_all, gv_all = carry
             p, pk, pv, i = xs
             gk, gv = gk_all[i], gv_all[i]
-            x, _, _, k, v = _layer(cfg, p, x, cos, sin, pk, pv, prompt.valid, gk, gv, slot, g_valid)
+            x, _, _, k, v = _layer(lm, p, x, cos, sin, pk, pv, prompt.valid, gk, gv, slot, g_valid)
             # Only this token's slot is written back into the stacked carry (in place).
             gk_all = jax.lax.dynamic_update_slice(gk_all, k[None], (i, 0, 0, 0, slot))
             gv_all = jax.lax.dynamic_update_slice(gv_all, v[None], (i, 0, 0, slot, 0))

@@ -6,7 +6,6 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-from jaxr1.models.qwen2_5_vl.model import Qwen2_5_VL
 from jaxr1.sampling.buckets import bucket_gen_length, prepare_prompts
 from jaxr1.sampling.functions import SamplingMode
 from jaxr1.sampling.sampler import DecodeSpec, SampleOutput, sample
@@ -34,12 +33,13 @@ def make_spec(cfg, *, max_new_tokens: int, temperature: float = 1.0, top_p: floa
     return DecodeSpec(mode, int(num_samples), bucket_gen_length(max_new_tokens), eos, int(pad), layer_loop)
 
 
-def generate(model: Qwen2_5_VL, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
+def generate(model, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
              max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              num_samples: int = 1, eos_token_ids: Sequence[int] | int | None = None, seed: int = 0,
              pad_token_id: int | None = None, layer_loop: str = "unroll") -> SampleOutput:
-    """Sample `num_samples` continuations per prompt; temperature=0 means greedy. Rows i*n .. i*n+n-1 are
-    prompt i's. eos_token_ids / pad_token_id default to the model config's (pad falls back to 0).
+    """Sample `num_samples` continuations per prompt from a model of any family (Qwen2.5-VL, Qwen2-VL,
+    Qwen3-VL); temperature=0 means greedy. Rows i*n .. i*n+n-1 are prompt i's. eos_token_ids / pad_token_id
+    default to the model config's (pad falls back to 0).
     layer_loop: "unroll" (per-layer cache buffers, fastest) or "scan" (one layer body: smaller program)."""
     cfg = model.config
     spec = make_spec(cfg, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,

@@ -95,9 +95,15 @@ def _prefill(graphdef, params, batch: SamplerPrompts, key, max_new_tokens, tempe
     model = nnx.merge(graphdef, params)
     lm, inputs, n = model.language_model, batch.inputs, spec.num_samples
     b, tp = inputs.input_ids.shape
-    embeds = model.embed(inputs)                                  # the vision tower runs here, once
+    # The vision tower runs here, once. A family with DeepStack (Qwen3-VL) also feeds intermediate vision
+    # features into the first decoder layers at the image positions (prompt only: decode has no image tokens).
+    feats = None if inputs.vision is None else model.encode_images(inputs.vision)
+    embeds = model.embed(inputs, feats)
+    deepstack = getattr(model, "deepstack_inputs", None)
+    deepstack = None if deepstack is None else deepstack(inputs, feats)
+    extra = {} if deepstack is None else {"deepstack": deepstack}
     cache = KVCache.zeros(lm.cfg, b, tp, embeds.dtype)
-    hidden, cache = lm(embeds, inputs.positions, inputs.attention_mask, cache=cache, cache_index=0)
+    hidden, cache = lm(embeds, inputs.positions, inputs.attention_mask, cache=cache, cache_index=0, **extra)
     logits = jnp.repeat(lm.logits(hidden[:, -1]).astype(jnp.float32), n, axis=0)   # left padded: last slot
     rows = b * n
     valid = inputs.attention_mask.astype(bool)

@@ -49,12 +49,13 @@ def test_unknown_model_type_is_a_user_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_qwen2_vl_trains_two_steps_with_no_sampler_trainer_gap(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_family_trains_two_steps_with_no_sampler_trainer_gap(tmp_path, family):
     from jaxr1.train import main
     out = str(tmp_path / "run")
-    assert main(["model.path=tiny-qwen2-vl", "steps=2", "data.batch_size=2", "rl.num_generations=4",
+    assert main([f"model.path=tiny-{family.replace('_', '-')}", "steps=2", "data.batch_size=2", "rl.num_generations=4",
                  "rl.max_completion_length=8", "data.num_eval=4", "eval.batch_size=4", f"output_dir={out}"]) == 0
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     gaps = [r["rl/sampler_trainer_logprob_gap_max"] for r in rows if "rl/sampler_trainer_logprob_gap_max" in r]
     assert len(gaps) == 2 and max(gaps) < 1e-4     # fp32: sampler and trainer compute the same log-probs
-    assert json.load(open(os.path.join(out, "hf", "config.json")))["model_type"] == "qwen2_vl"
+    assert json.load(open(os.path.join(out, "hf", "config.json")))["model_type"] == family

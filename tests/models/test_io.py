@@ -5,50 +5,24 @@ import shutil
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from jaxr1.models import qwen2_5_vl
 from jaxr1.models.qwen2_5_vl import CheckpointError, ConfigError
-from tests.hf_tiny import hf_logits, left_pad, prompt_ids, random_image_inputs
+from tests.hf_tiny import hf_logits
+from tests.models.parity import (assert_same_tensors, check_bf16_load_error_is_bounded, io_batch, logits,
+                                 read_dir_tensors, write_language_model_layout_4x)
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
-GRIDS = [(1, 6, 8), (1, 4, 4)]
 
 
 @pytest.fixture(scope="module")
 def batch():
-    pv, g = random_image_inputs(GRIDS, seed=11)
-    ids, mask = left_pad([prompt_ids(9, GRIDS[:1], seed=1), prompt_ids(5, GRIDS[1:], seed=2), prompt_ids(12, seed=3)])
-    return ids, mask, pv, g
-
-
-def logits(model, batch):
-    ids, mask, pv, g = batch
-    return np.asarray(model(ids, mask, pv, g))[mask.astype(bool)]
-
-
-def read_dir_tensors(d):
-    out = {}
-    for name in os.listdir(d):
-        if name.endswith(".safetensors"):
-            out.update(load_file(os.path.join(d, name)))
-    return out
+    return io_batch()
 
 
 def test_bf16_load_error_is_bounded(hf_pair, batch):
-    import torch
-    hf_model, path, _ = hf_pair
-    ids, mask, pv, g = batch
-    ref = hf_logits(hf_model, ids, mask, pv, g)[mask.astype(bool)]
-    bf16 = qwen2_5_vl.load_hf(path, dtype="bfloat16")
-    assert bf16.dtype == np.dtype("bfloat16") or str(bf16.dtype) == "bfloat16"
-    ours = logits(bf16, batch).astype(np.float32)
-    diff = np.abs(ours - ref).max()
-    scale = np.abs(ref).max()
-    print(f"bf16 vs fp32 reference: max |diff| {diff:.3e}, max |logit| {scale:.2f}")
-    # bf16 keeps 8 significant bits (relative step 2^-8 = 0.39%); errors of that order compound over ~10
-    # roundings per layer, so 4% of the logit range (about 10 bf16 ulps) is the bound we accept.
-    assert diff <= 0.04 * scale
+    check_bf16_load_error_is_bounded(hf_pair, batch, qwen2_5_vl.load_hf)
 
 
 def test_load_save_round_trip_is_bit_exact(hf_pair, tmp_path):
@@ -56,9 +30,7 @@ def test_load_save_round_trip_is_bit_exact(hf_pair, tmp_path):
     qwen2_5_vl.save_hf(model, str(tmp_path), source_dir=path)
     a, b = read_dir_tensors(path), read_dir_tensors(str(tmp_path))
     a.pop("lm_head.weight", None) if model.config.tie_word_embeddings else None
-    assert sorted(a) == sorted(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    assert_same_tensors(a, b)
     assert os.path.isfile(tmp_path / "generation_config.json")
 
 
@@ -94,18 +66,7 @@ def test_save_hf_shards_above_the_limit(hf_pair, tmp_path):
 def test_language_model_key_layout_and_flat_4x_config(hf_pair, batch, tmp_path):
     """The `model.language_model.*` / `model.visual.*` layout, with a transformers-4.x flat config.json."""
     _, path, model = hf_pair
-    renamed = {}
-    for k, v in read_dir_tensors(path).items():
-        k = "model.language_model." + k[len("model."):] if k.startswith("model.") else k
-        k = "model." + k if k.startswith("visual.") else k
-        renamed[k] = v
-    save_file(renamed, str(tmp_path / "model.safetensors"))
-    cfg = json.load(open(os.path.join(path, "config.json")))
-    text = cfg.pop("text_config")
-    rope = text.pop("rope_parameters")
-    flat = {**cfg, **{k: v for k, v in text.items() if k not in ("model_type", "dtype")},
-            "rope_theta": rope["rope_theta"], "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]}}
-    flat["vision_config"]["in_chans"] = flat["vision_config"].pop("in_channels")
+    flat = write_language_model_layout_4x(path, tmp_path)
     json.dump(flat, open(tmp_path / "config.json", "w"))
     assert np.array_equal(logits(qwen2_5_vl.load_hf(str(tmp_path)), batch), logits(model, batch))
 

@@ -43,6 +43,22 @@ def prepare_inputs(cfg: ModelConfig, input_ids, attention_mask=None, pixel_value
                    num_image_slots: int | None = None, patches_per_slot: int | None = None
                    ) -> tuple[ModelInputs, np.ndarray]:
     """Host (numpy) preparation. Returns the inputs and each row's rope delta (for decoding)."""
+    def vision_inputs(pixel_values, image_grid_thw):
+        v = cfg.vision
+        layout = build_vision_layout(pixel_values, image_grid_thw, spatial_merge_size=v.spatial_merge_size,
+                                     window_size=v.window_size, patch_size=v.patch_size,
+                                     num_slots=num_image_slots, patches_per_slot=patches_per_slot)
+        inputs = VisionInputs(layout.patches, layout.rope_hw, layout.window_ids, layout.frame_ids, layout.restore)
+        return inputs, layout.num_tokens, layout.restore.shape[1]
+
+    return prepare_with_vision(cfg, input_ids, attention_mask, pixel_values, image_grid_thw, vision_inputs)
+
+
+def prepare_with_vision(cfg, input_ids, attention_mask, pixel_values, image_grid_thw, vision_inputs
+                        ) -> tuple[ModelInputs, np.ndarray]:
+    """`prepare_inputs` for any family: M-RoPE positions (transformers' get_rope_index for still images) and
+    the image index; `vision_inputs(pixel_values, image_grid_thw)` gives the family's VisionInputs, the merged
+    tokens of each slot [S] and the merged tokens a slot holds."""
     input_ids = np.asarray(input_ids, np.int32)
     attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
     has_images = pixel_values is not None and image_grid_thw is not None and len(image_grid_thw) > 0
@@ -51,12 +67,8 @@ def prepare_inputs(cfg: ModelConfig, input_ids, attention_mask=None, pixel_value
                                        spatial_merge_size=cfg.vision.spatial_merge_size)
     vision = None
     if has_images:
-        v = cfg.vision
-        layout = build_vision_layout(pixel_values, image_grid_thw, spatial_merge_size=v.spatial_merge_size,
-                                     window_size=v.window_size, patch_size=v.patch_size,
-                                     num_slots=num_image_slots, patches_per_slot=patches_per_slot)
-        image_index = image_token_index(input_ids, cfg.image_token_id, layout.num_tokens, layout.restore.shape[1])
-        vision = VisionInputs(layout.patches, layout.rope_hw, layout.window_ids, layout.frame_ids, layout.restore)
+        vision, num_tokens, tokens_per_slot = vision_inputs(pixel_values, image_grid_thw)
+        image_index = image_token_index(input_ids, cfg.image_token_id, num_tokens, tokens_per_slot)
     else:
         if (input_ids == cfg.image_token_id).any():
             raise ValueError("input_ids contain <|image_pad|> tokens but no pixel_values/image_grid_thw were given")
@@ -64,31 +76,37 @@ def prepare_inputs(cfg: ModelConfig, input_ids, attention_mask=None, pixel_value
     return ModelInputs(input_ids, attention_mask, positions, image_index, vision), deltas
 
 
-class Qwen2_5_VL(nnx.Module):
-    def __init__(self, cfg: ModelConfig, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+class VisionLanguageModel(nnx.Module):
+    """What the families' models share: `config`, `visual` (a `vision_tower`), `language_model` (a
+    `text_decoder`), the embeddings with image features scattered in, `forward` and `__call__` (through the
+    family's `prepare_inputs`). A family sets the three class attributes and `encode_images`."""
+    vision_tower = VisionTower
+    text_decoder = TextDecoder
+    prepare_inputs = staticmethod(prepare_inputs)
+
+    def __init__(self, cfg, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         self.config = cfg
-        self.visual = VisionTower(cfg.vision, dtype, rngs)
-        self.language_model = TextDecoder(cfg.text, cfg.tie_word_embeddings, dtype, rngs)
+        self.visual = self.vision_tower(cfg.vision, dtype, rngs)
+        self.language_model = self.text_decoder(cfg.text, cfg.tie_word_embeddings, dtype, rngs)
 
     @property
     def dtype(self):
         return self.language_model.embed[...].dtype
 
-    def encode_images(self, vision: VisionInputs, *, remat: bool = False) -> jax.Array:
-        """[S, P, patch_dim] -> [S * P / merge_unit, D] flat merged image features."""
-        feats = self.visual(vision.patches, vision.rope_hw, vision.window_ids, vision.frame_ids, vision.restore,
-                            remat=remat)
-        return feats.reshape(-1, feats.shape[-1])
+    @staticmethod
+    def merged_features(image_features) -> jax.Array:
+        """The flat merged image features [N, D] within what `encode_images` returns."""
+        return image_features
 
-    def embed(self, inputs: ModelInputs, image_features: jax.Array | None = None, *, remat: bool = False) -> jax.Array:
-        """Token embeddings with image features scattered into the <|image_pad|> positions (a gather: static)."""
+    def embed(self, inputs: ModelInputs, image_features=None, *, remat: bool = False) -> jax.Array:
+        """Token embeddings with the merged image features at the <|image_pad|> positions (a gather: static)."""
         embeds = self.language_model.embed_tokens(inputs.input_ids)
         if image_features is None and inputs.vision is not None:
             image_features = self.encode_images(inputs.vision, remat=remat)
         if image_features is None:
             return embeds
-        picked = jnp.take(image_features, jnp.maximum(inputs.image_index, 0), axis=0).astype(embeds.dtype)
-        return jnp.where((inputs.image_index >= 0)[..., None], picked, embeds)
+        picked = jnp.take(self.merged_features(image_features), jnp.maximum(inputs.image_index, 0), axis=0)
+        return jnp.where((inputs.image_index >= 0)[..., None], picked.astype(embeds.dtype), embeds)
 
     def hidden_states(self, inputs: ModelInputs, *, remat: bool = False, collect_hidden: bool = False):
         out = self.language_model(self.embed(inputs, remat=remat), inputs.positions, inputs.attention_mask,
@@ -100,10 +118,18 @@ class Qwen2_5_VL(nnx.Module):
 
     def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None) -> jax.Array:
         """Logits [B, T, V] from inputs exactly as the HF tokenizer / image processor produce them."""
-        inputs, _ = prepare_inputs(self.config, input_ids, attention_mask, pixel_values, image_grid_thw)
+        inputs, _ = self.prepare_inputs(self.config, input_ids, attention_mask, pixel_values, image_grid_thw)
         return _jit_forward(self, inputs)
 
 
+class Qwen2_5_VL(VisionLanguageModel):
+    def encode_images(self, vision: VisionInputs, *, remat: bool = False) -> jax.Array:
+        """[S, P, patch_dim] -> [S * P / merge_unit, D] flat merged image features."""
+        feats = self.visual(vision.patches, vision.rope_hw, vision.window_ids, vision.frame_ids, vision.restore,
+                            remat=remat)
+        return feats.reshape(-1, feats.shape[-1])
+
+
 @nnx.jit
-def _jit_forward(model: Qwen2_5_VL, inputs: ModelInputs) -> jax.Array:
+def _jit_forward(model: VisionLanguageModel, inputs: ModelInputs) -> jax.Array:
     return model.forward(inputs)

@@ -121,15 +121,15 @@ def _from_hf(x: np.ndarray, transform: str) -> np.ndarray:
     return x
 
 
-def _index_safetensors(hf_dir: str) -> dict[str, str]:
-    """canonical key -> file, from model.safetensors.index.json or the *.safetensors files present."""
+def _index_safetensors(hf_dir: str, key_fn=canonical_key) -> dict[str, str]:
+    """key_fn(key) -> file, from model.safetensors.index.json or the *.safetensors files present."""
     index_path = os.path.join(hf_dir, "model.safetensors.index.json")
     files: dict[str, str] = {}
     if os.path.isfile(index_path):
         with open(index_path) as f:
             weight_map = json.load(f)["weight_map"]
         for key, fname in weight_map.items():
-            files[canonical_key(key)] = os.path.join(hf_dir, fname)
+            files[key_fn(key)] = os.path.join(hf_dir, fname)
         return files
     names = sorted(n for n in os.listdir(hf_dir) if n.endswith(".safetensors"))
     if not names:
@@ -137,7 +137,7 @@ def _index_safetensors(hf_dir: str) -> dict[str, str]:
     for name in names:
         path = os.path.join(hf_dir, name)
         for key in _open(path).keys():
-            files[canonical_key(key)] = path
+            files[key_fn(key)] = path
     return files
 
 
@@ -179,18 +179,20 @@ def load_hf(hf_dir: str, dtype: str | jnp.dtype = "float32") -> Qwen2_5_VL:
     return load_hf_family(hf_dir, dtype, ModelConfig, Qwen2_5_VL, weight_table)
 
 
-def load_hf_family(hf_dir: str, dtype: str | jnp.dtype, config_cls, model_cls, table_fn) -> nnx.Module:
-    """load_hf for any family: `config_cls.from_hf_dir`, `model_cls(cfg, dtype)` and its `table_fn(cfg)`."""
+def load_hf_family(hf_dir: str, dtype: str | jnp.dtype, config_cls, model_cls, table_fn,
+                   key_fn=canonical_key) -> nnx.Module:
+    """load_hf for any family: `config_cls.from_hf_dir`, `model_cls(cfg, dtype)` and its `table_fn(cfg)`.
+    `key_fn` maps a key as stored onto the table's layout (default: `canonical_key`, the hub layout)."""
     cfg = config_cls.from_hf_dir(hf_dir)
     dtype = jnp.dtype(dtype)
-    files = _index_safetensors(hf_dir)
-    # Remember the key as stored in the file (either layout) for each canonical key.
+    files = _index_safetensors(hf_dir, key_fn)
+    # Remember the key as stored in the file (either layout) for each table key.
     raw_keys: dict[str, str] = {}
     for path in sorted(set(files.values())):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: listed in model.safetensors.index.json but missing")
         for key in _open(path).keys():
-            raw_keys[canonical_key(key)] = key
+            raw_keys[key_fn(key)] = key
     model = nnx.eval_shape(lambda: model_cls(cfg, dtype))
     expected: set[str] = set()
     handles: dict = {}
@@ -211,13 +213,10 @@ def load_hf_family(hf_dir: str, dtype: str | jnp.dtype, config_cls, model_cls, t
             if tuple(x.shape) != hf_shape:
                 raise CheckpointError(f"{files[key]}: {key!r} has shape {tuple(x.shape)}, the config expects "
                                       f"{hf_shape}")
-            x = _from_hf(x, transform)
-            if stacked:
-                out[i] = x
-            else:
-                out[...] = x
+            out[i if stacked else ...] = _from_hf(x, transform)
         p.set_value(jnp.asarray(out))
         del out
+    # A tied checkpoint may still carry lm_head.weight (a copy of the embedding): ignore it.
     unexpected = sorted(set(files) - expected - ({"lm_head.weight"} if cfg.tie_word_embeddings else set()))
     if unexpected:
         raise CheckpointError(f"{hf_dir}: unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")

@@ -3,6 +3,12 @@
 One forward serves training (no cache), prefill (write a prompt into the cache) and decode (one token per
 row). Cache slots are positions in a preallocated [layers, B, S, kv_heads, head_dim] buffer; a query at slot
 i sees slots j <= i whose `kv_valid` flag is set, so left padding and finished rows need no special cases.
+
+The layer math exists once: `decoder_layer(cfg, p, x, cos, sin, attend, project)` (pre-norm attention, then
+the SwiGLU MLP `mlp_out`), with the family part of attention in `project` (here `project_qkv`: biased q/k/v
+projections + M-RoPE) and attention itself passed in as `attend(q, k, v) -> (o, aux)`. `TextDecoder.__call__`
+passes masked attention over the (cache or in-sequence) keys; the sampler's decode step
+(`jaxr1.sampling.decode`) calls `TextDecoder.layer` with shared-prefix attention over its prompt / own caches.
 """
 from __future__ import annotations
 
@@ -61,6 +67,64 @@ def mrope_cos_sin(cfg: TextConfig, positions: jax.Array, dtype) -> tuple[jax.Arr
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
 
+def qkv_linear(cfg, p: dict, h: jax.Array):
+    """h [..., D] -> q [..., H, hd], k, v [..., Hkv, hd]: h @ W (+ bias where `p` has one), from separate
+    q/k/v weights or from one fused `qkv_kernel` (+ `qkv_bias`), as `jaxr1.sampling.decode.layer_params`
+    builds for the decode step."""
+    heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    if "qkv_kernel" in p:
+        q, k, v = jnp.split(linear(h, p["qkv_kernel"], p.get("qkv_bias")), [heads * hd, (heads + kv_heads) * hd],
+                            axis=-1)
+    else:
+        q, k, v = (linear(h, p[f"{n}_kernel"], p.get(f"{n}_bias")) for n in "qkv")
+    lead = h.shape[:-1]
+    return q.reshape(*lead, heads, hd), k.reshape(*lead, kv_heads, hd), v.reshape(*lead, kv_heads, hd)
+
+
+def project_qkv(cfg: TextConfig, p: dict, h: jax.Array, cos: jax.Array, sin: jax.Array):
+    """The Qwen2 part of attention: biased q/k/v projections, then RoPE on q and k.
+    h [..., D], cos/sin [..., hd] -> q [..., H, hd], k and v [..., Hkv, hd]."""
+    q, k, v = qkv_linear(cfg, p, h)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def mlp_out(cfg, p: dict, x: jax.Array) -> jax.Array:
+    """The MLP branch of a layer (post-attention RMSNorm, SwiGLU) on the residual stream x after attention;
+    separate gate/up weights or one fused `gate_up_kernel`."""
+    h = rms_norm(x, p["post_attention_norm"], cfg.rms_norm_eps)
+    if "gate_up_kernel" in p:
+        gate, up = jnp.split(h @ p["gate_up_kernel"], 2, axis=-1)
+    else:
+        gate, up = h @ p["gate_kernel"], h @ p["up_kernel"]
+    return (activation(cfg.hidden_act)(gate) * up) @ p["down_kernel"]
+
+
+def cache_attention(mask: jax.Array, ck: jax.Array | None, cv: jax.Array | None, cache_index, dtype,
+                    attn_impl: str = "xla"):
+    """`attend` for the full-sequence forward (training, prefill): without a cache, masked attention over the
+    call's own keys; with one layer's cache ck/cv [B, S, Hkv, hd], first write k/v at `cache_index`, then
+    attend over the cache. aux = the updated (ck, cv), or None."""
+    def attend(q, k, v):
+        if ck is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+        o = attention(q, k.astype(dtype), v.astype(dtype), mask, implementation=attn_impl)
+        return o, ((k, v) if ck is not None else None)
+    return attend
+
+
+def decoder_layer(cfg, p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, attend, project=project_qkv):
+    """THE decoder layer body (training, prefill and decode all run this). x [..., D]; cos/sin [..., hd];
+    `project(cfg, p, h, cos, sin) -> q [..., H, hd], k, v [..., Hkv, hd]` is the family part;
+    `attend(q, k, v) -> (o [..., H, hd] or [..., H * hd], aux)` is the caller's attention (and cache write).
+    Returns (x, aux)."""
+    h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
+    q, k, v = project(cfg, p, h, cos, sin)
+    o, aux = attend(q, k, v)
+    x = x + o.reshape(*x.shape[:-1], cfg.num_attention_heads * cfg.head_dim) @ p["o_kernel"]
+    return x + mlp_out(cfg, p, x), aux
+
+
 class TextDecoder(nnx.Module):
     def __init__(self, cfg: TextConfig, tie_word_embeddings: bool, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         self.cfg = cfg
@@ -80,6 +144,18 @@ class TextDecoder(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         return hidden @ self.lm_head_kernel()
 
+    def cos_sin(self, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+        """M-RoPE tables for positions [3, B, T] -> [B, T, head_dim] (this family's channel layout)."""
+        return mrope_cos_sin(self.cfg, positions, dtype)
+
+    def layer(self, p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, attend):
+        """The layer body with this family's q/k/v projection (see `decoder_layer`)."""
+        return decoder_layer(self.cfg, p, x, cos, sin, attend, project_qkv)
+
+    def stacked_layer_params(self) -> dict[str, jax.Array]:
+        """Per-layer weights stacked [L, ...] by name."""
+        return {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+
     def __call__(self, embeds: jax.Array, positions: jax.Array, kv_valid: jax.Array, *,
                  cache: KVCache | None = None, cache_index: jax.Array | int = 0,
                  remat: bool = False, attn_impl: str = "xla", collect_hidden: bool = False):
@@ -93,28 +169,16 @@ class TextDecoder(nnx.Module):
         q_slot = cache_index + jnp.arange(t)
         kv_slot = jnp.arange(kv_valid.shape[1])
         mask = (kv_slot[None, :] <= q_slot[:, None])[None] & kv_valid[:, None, :].astype(bool)   # [B, T, S]
-        heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        act = activation(cfg.hidden_act)
 
         def layer(x, xs):
             p, ck, cv = xs
-            h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-            q = linear(h, p["q_kernel"], p["q_bias"]).reshape(b, t, heads, hd)
-            k = linear(h, p["k_kernel"], p["k_bias"]).reshape(b, t, kv_heads, hd)
-            v = linear(h, p["v_kernel"], p["v_bias"]).reshape(b, t, kv_heads, hd)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            if ck is not None:
-                k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-                v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
-            o = attention(q, k.astype(dtype), v.astype(dtype), mask, implementation=attn_impl)
-            x = x + o.reshape(b, t, heads * hd) @ p["o_kernel"]
-            h = rms_norm(x, p["post_attention_norm"], cfg.rms_norm_eps)
-            x = x + (act(h @ p["gate_kernel"]) * (h @ p["up_kernel"])) @ p["down_kernel"]
-            return x, ((k, v) if ck is not None else None, x if collect_hidden else None)
+            attend = cache_attention(mask, ck, cv, cache_index, dtype, attn_impl)
+            x, new_kv = self.layer(p, x, cos, sin, attend)
+            return x, (new_kv, x if collect_hidden else None)
 
         if remat:
             layer = jax.checkpoint(layer)
-        stacked = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+        stacked = self.stacked_layer_params()
         xs = (stacked, None, None) if cache is None else (stacked, cache.k, cache.v)
         x, (new_kv, per_layer) = jax.lax.scan(layer, embeds, xs)
         new_cache = None if cache is None else KVCache(*new_kv)

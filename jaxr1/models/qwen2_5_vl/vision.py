@@ -69,33 +69,44 @@ class VisionTower(nnx.Module):
         is_full = np.zeros((cfg.depth,), bool)
         is_full[[i for i in cfg.fullatt_block_indexes if i < cfg.depth]] = True
         act = activation(cfg.hidden_act)
-        heads, hd = cfg.num_heads, cfg.head_dim
+        heads = cfg.num_heads
 
         def block(x, layer):
             p, full = layer
-            s, n, _ = x.shape
             h = rms_norm(x, p["norm1"], _NORM_EPS)
-            qkv = linear(h, p["qkv_kernel"], p["qkv_bias"]).reshape(s, n, 3, heads, hd)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-            # transformers applies the vision rotary in float32 and casts back.
-            q = apply_rope(q.astype(jnp.float32), cos, sin).astype(dtype)
-            k = apply_rope(k.astype(jnp.float32), cos, sin).astype(dtype)
-            mask = jnp.where(full, full_mask, window_mask)
-            o = attention(q, k, v, mask).reshape(s, n, heads * hd)
-            x = x + linear(o, p["proj_kernel"], p["proj_bias"])
+            x = x + vision_attention(h, p, cos, sin, jnp.where(full, full_mask, window_mask), heads, dtype)
             h = rms_norm(x, p["norm2"], _NORM_EPS)
             g = act(linear(h, p["gate_kernel"], p["gate_bias"])) * linear(h, p["up_kernel"], p["up_bias"])
             return x + linear(g, p["down_kernel"], p["down_bias"]), None
 
         if remat:
             block = jax.checkpoint(block)
-        stacked = {k: v[...] for k, v in vars(self.blocks).items() if isinstance(v, nnx.Param)}
-        x, _ = jax.lax.scan(block, x, (stacked, jnp.asarray(is_full)))
+        x, _ = jax.lax.scan(block, x, (stacked_params(self.blocks), jnp.asarray(is_full)))
 
         return merge_patches(self.merger, rms_norm(x, self.merger.ln_q[...], _NORM_EPS), restore, cfg.merge_unit)
 
 
-# ---- Shared with the Qwen2-VL vision tower (jaxr1.models.qwen2_vl.vision) ----
+# ---- Shared with the Qwen2-VL and Qwen3-VL vision towers ----
+def stacked_params(module: nnx.Module) -> dict[str, jax.Array]:
+    """A module's nnx.Param values by attribute name (the stacked block weights `jax.lax.scan` runs over)."""
+    return {k: v[...] for k, v in vars(module).items() if isinstance(v, nnx.Param)}
+
+
+def vision_attention(h: jax.Array, p: dict[str, jax.Array], cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                     heads: int, dtype) -> jax.Array:
+    """A vision block's self-attention on normed h [S, P, E]: fused qkv (`qkv_kernel`/`qkv_bias`), the axial
+    rotary on q and k, attention under `mask` [S, P, P], output projection (`proj_kernel`/`proj_bias`)."""
+    s, n, e = h.shape
+    hd = e // heads
+    qkv = linear(h, p["qkv_kernel"], p["qkv_bias"]).reshape(s, n, 3, heads, hd)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    # transformers applies the vision rotary in float32 and casts back.
+    q = apply_rope(q.astype(jnp.float32), cos, sin).astype(dtype)
+    k = apply_rope(k.astype(jnp.float32), cos, sin).astype(dtype)
+    o = attention(q, k, v, mask).reshape(s, n, heads * hd)
+    return linear(o, p["proj_kernel"], p["proj_bias"])
+
+
 def axial_rotary(head_dim: int, theta: float, rope_hw: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Axial 2D rotary: a quarter of head_dim of frequencies for rows, a quarter for columns, doubled."""
     spatial = head_dim // 2

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jaxr1.models.qwen2_5_vl.config import (ConfigError, TextConfig, check_shapes, hf_text_config, hf_text_kwargs,
-                                            read_hf_config)
+from jaxr1.models.qwen2_5_vl.config import (ConfigError, FromHFDir, TextConfig, VisionShape, check_model_type,
+                                            check_shapes, hf_config_dict, hf_text_config, hf_text_kwargs)
 
 ARCHITECTURE = "Qwen2VLForConditionalGeneration"
 # transformers' Qwen2VLTextConfig defaults where they differ from TextConfig's, for keys a file omits.
@@ -19,7 +19,7 @@ _HF_TEXT_DEFAULTS = {"rms_norm_eps": 1e-5, "max_position_embeddings": 32768}
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(VisionShape):
     # Defaults are transformers' Qwen2VLVisionConfig defaults (the 7B tower).
     depth: int = 32
     hidden_size: int = 1280
@@ -34,19 +34,6 @@ class VisionConfig:
     rope_theta: float = 10000.0
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def patch_dim(self) -> int:
-        """Length of one flattened patch as the image processor emits it: C * T * P * P."""
-        return self.in_channels * self.temporal_patch_size * self.patch_size * self.patch_size
-
-    @property
-    def merge_unit(self) -> int:
-        return self.spatial_merge_size**2
-
-    @property
     def window_size(self) -> None:
         """No window attention: every block attends over the whole frame. The shared slot layout
         (`qwen2_5_vl.vision_index.build_vision_layout`) then keeps one window per frame in processor order."""
@@ -58,7 +45,7 @@ _TEXT_7B = TextConfig(vocab_size=152064, hidden_size=3584, intermediate_size=189
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(FromHFDir):
     # Defaults: Qwen2-VL-7B (transformers' vision defaults are the 7B tower; TextConfig's are Qwen2.5-VL-3B's).
     text: TextConfig = _TEXT_7B
     vision: VisionConfig = VisionConfig()
@@ -94,10 +81,7 @@ class ModelConfig:
     # ---- HF config.json <-> ModelConfig ----
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
-        archs = d.get("architectures") or []
-        if d.get("model_type") != "qwen2_vl" and ARCHITECTURE not in archs:
-            raise ConfigError(f"{source}: model_type={d.get('model_type')!r}, architectures={archs}: "
-                              f"not a Qwen2-VL config (expected model_type 'qwen2_vl')")
+        check_model_type(d, source, "qwen2_vl", ARCHITECTURE, "Qwen2-VL")
         common = hf_text_kwargs(d, source, defaults=_HF_TEXT_DEFAULTS)
         vd = dict(d.get("vision_config") or {})
         if not vd:
@@ -118,11 +102,6 @@ class ModelConfig:
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
 
-    @classmethod
-    def from_hf_dir(cls, hf_dir: str) -> "ModelConfig":
-        d, path = read_hf_config(hf_dir)
-        return cls.from_hf_dict(d, source=path)
-
     def to_hf_dict(self, dtype: str = "float32") -> dict[str, Any]:
         """The transformers 5.x layout (nested text_config, HF's vision field names)."""
         v = self.vision
@@ -133,15 +112,5 @@ class ModelConfig:
             "temporal_patch_size": v.temporal_patch_size, "spatial_merge_size": v.spatial_merge_size,
             "hidden_act": v.hidden_act, "rope_parameters": {"rope_type": "axial", "rope_theta": v.rope_theta},
         }
-        return {
-            "architectures": [ARCHITECTURE],
-            "model_type": "qwen2_vl",
-            "text_config": hf_text_config(self, "qwen2_vl_text", dtype),
-            "vision_config": vision_config,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "image_token_id": self.image_token_id,
-            "video_token_id": self.video_token_id,
-            "vision_start_token_id": self.vision_start_token_id,
-            "vision_end_token_id": self.vision_end_token_id,
-            "dtype": dtype,
-        }
+        return hf_config_dict(self, ARCHITECTURE, "qwen2_vl", hf_text_config(self, "qwen2_vl_text", dtype),
+                              vision_config, dtype)

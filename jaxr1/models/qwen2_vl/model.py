@@ -7,19 +7,10 @@ to processor order since `VisionConfig.window_size` is None) and the same `embed
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
-from flax import nnx
-
 from jaxr1.models.qwen2_5_vl.model import Qwen2_5_VL
-from jaxr1.models.qwen2_5_vl.text import TextDecoder
-from jaxr1.models.qwen2_vl.config import ModelConfig
 from jaxr1.models.qwen2_vl.vision import VisionTower
 
 
 class Qwen2_VL(Qwen2_5_VL):
     """Attributes as Qwen2_5_VL: `config`, `visual` (a Qwen2-VL VisionTower), `language_model` (TextDecoder)."""
-
-    def __init__(self, cfg: ModelConfig, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
-        self.config = cfg
-        self.visual = VisionTower(cfg.vision, dtype, rngs)
-        self.language_model = TextDecoder(cfg.text, cfg.tie_word_embeddings, dtype, rngs)
+    vision_tower = VisionTower

@@ -11,29 +11,26 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxr1.models.qwen2_5_vl.params_init import param
-from jaxr1.models.qwen2_5_vl.vision import axial_rotary, merge_patches
+from jaxr1.models.qwen2_5_vl.vision import axial_rotary, merge_patches, stacked_params, vision_attention
 from jaxr1.models.qwen2_vl.config import VisionConfig
-from jaxr1.ops.attention import attention
-from jaxr1.ops.layers import activation, apply_rope, linear
+from jaxr1.ops.layers import activation, layer_norm, linear
 
 _NORM_EPS = 1e-6  # transformers hard-codes LayerNorm(eps=1e-6) in the vision blocks and merger
+# Our names of a LayerNorm block's (norm1 scale, norm2 scale, MLP fc1, MLP fc2) weights; the norm biases are
+# norm1_bias / norm2_bias, the MLP's `{name}_kernel` / `{name}_bias`.
+BLOCK_NAMES = ("norm1", "norm2", "up", "down")
 
 
-def layer_norm(x: jax.Array, weight: jax.Array, bias: jax.Array, eps: float = _NORM_EPS) -> jax.Array:
-    # torch's LayerNorm computes statistics and the affine in float32 for low-precision inputs, then casts.
-    dtype = x.dtype
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
-    return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(dtype)
-
-
-def vision_activation(name: str):
-    # transformers' QuickGELUActivation: x * sigmoid(1.702 x) (Qwen2-VL's default); other names as ops.layers.
-    if name == "quick_gelu":
-        return lambda x: x * jax.nn.sigmoid(1.702 * x)
-    return activation(name)
+def layer_norm_block(x: jax.Array, p: dict[str, jax.Array], cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                     heads: int, act, dtype, names: tuple[str, str, str, str] = BLOCK_NAMES) -> jax.Array:
+    """One full-attention vision block (pre-LayerNorm attention, pre-LayerNorm fc1 -> act -> fc2 MLP), as
+    Qwen2-VL's and Qwen3-VL's towers run it; `names` are the block's parameter names."""
+    norm1, norm2, fc1, fc2 = names
+    h = layer_norm(x, p[norm1], p["norm1_bias"], _NORM_EPS)
+    x = x + vision_attention(h, p, cos, sin, mask, heads, dtype)
+    h = layer_norm(x, p[norm2], p["norm2_bias"], _NORM_EPS)
+    h = act(linear(h, p[f"{fc1}_kernel"], p[f"{fc1}_bias"]))
+    return x + linear(h, p[f"{fc2}_kernel"], p[f"{fc2}_bias"])
 
 
 class VisionBlocks(nnx.Module):
@@ -84,25 +81,13 @@ class VisionTower(nnx.Module):
         x = patches.astype(dtype) @ self.patch_embed[...]
         cos, sin = axial_rotary(cfg.head_dim, cfg.rope_theta, rope_hw)
         mask = frame_ids[:, :, None] == frame_ids[:, None, :]
-        act = vision_activation(cfg.hidden_act)
-        heads, hd = cfg.num_heads, cfg.head_dim
+        act = activation(cfg.hidden_act)
 
         def block(x, p):
-            s, n, _ = x.shape
-            h = layer_norm(x, p["norm1"], p["norm1_bias"])
-            qkv = linear(h, p["qkv_kernel"], p["qkv_bias"]).reshape(s, n, 3, heads, hd)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-            # transformers applies the vision rotary in float32 and casts back.
-            q = apply_rope(q.astype(jnp.float32), cos, sin).astype(dtype)
-            k = apply_rope(k.astype(jnp.float32), cos, sin).astype(dtype)
-            o = attention(q, k, v, mask).reshape(s, n, heads * hd)
-            x = x + linear(o, p["proj_kernel"], p["proj_bias"])
-            h = layer_norm(x, p["norm2"], p["norm2_bias"])
-            return x + linear(act(linear(h, p["up_kernel"], p["up_bias"])), p["down_kernel"], p["down_bias"]), None
+            return layer_norm_block(x, p, cos, sin, mask, cfg.num_heads, act, dtype), None
 
         if remat:
             block = jax.checkpoint(block)
-        stacked = {k: v[...] for k, v in vars(self.blocks).items() if isinstance(v, nnx.Param)}
-        x, _ = jax.lax.scan(block, x, stacked)
+        x, _ = jax.lax.scan(block, x, stacked_params(self.blocks))
         m = self.merger
-        return merge_patches(m, layer_norm(x, m.ln_q[...], m.ln_q_bias[...]), restore, cfg.merge_unit)
+        return merge_patches(m, layer_norm(x, m.ln_q[...], m.ln_q_bias[...], _NORM_EPS), restore, cfg.merge_unit)

@@ -7,17 +7,17 @@ vision_config.model_type "qwen3_vl").
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
-from jaxr1.models.qwen2_5_vl.config import ConfigError
+from jaxr1.models.qwen2_5_vl.config import (VISION_TOKEN_KEYS, ConfigError, FromHFDir, VisionShape,
+                                            check_model_type, check_vision_shapes, hf_config_dict, hf_text_config,
+                                            hf_vision_config, hf_vision_kwargs)
 
 ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(VisionShape):
     depth: int = 27
     hidden_size: int = 1152
     intermediate_size: int = 4304
@@ -31,19 +31,6 @@ class VisionConfig:
     deepstack_visual_indexes: tuple[int, ...] = (8, 16, 24)
     hidden_act: str = "gelu_pytorch_tanh"
     rope_theta: float = 10000.0
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def patch_dim(self) -> int:
-        """Length of one flattened patch as the image processor emits it: C * T * P * P."""
-        return self.in_channels * self.temporal_patch_size * self.patch_size * self.patch_size
-
-    @property
-    def merge_unit(self) -> int:
-        return self.spatial_merge_size**2
 
     @property
     def grid_side(self) -> int:
@@ -69,7 +56,7 @@ class TextConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(FromHFDir):
     text: TextConfig = TextConfig()
     vision: VisionConfig = VisionConfig()
     tie_word_embeddings: bool = False
@@ -87,10 +74,7 @@ class ModelConfig:
             raise ConfigError(f"text: heads {t.num_attention_heads} not a multiple of kv heads {t.num_key_value_heads}")
         if 2 * sum(t.mrope_section) > t.head_dim or len(t.mrope_section) != 3:
             raise ConfigError(f"text: mrope_section {t.mrope_section} must be 3 sections within head_dim/2")
-        if v.hidden_size % v.num_heads or v.head_dim % 4:
-            raise ConfigError(f"vision: head_dim {v.hidden_size}/{v.num_heads} must be a multiple of 4")
-        if v.out_hidden_size != t.hidden_size:
-            raise ConfigError(f"vision.out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}")
+        check_vision_shapes(v, t.hidden_size)
         if len(set(v.deepstack_visual_indexes)) != len(v.deepstack_visual_indexes) or \
                 any(not 0 <= i < v.depth for i in v.deepstack_visual_indexes):
             raise ConfigError(f"vision: deepstack_visual_indexes {v.deepstack_visual_indexes} must be distinct "
@@ -118,10 +102,7 @@ class ModelConfig:
     # ---- HF config.json <-> ModelConfig ----
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
-        archs = d.get("architectures") or []
-        if d.get("model_type") != "qwen3_vl" and ARCHITECTURE not in archs:
-            raise ConfigError(f"{source}: model_type={d.get('model_type')!r}, architectures={archs}: "
-                              f"not a Qwen3-VL dense config (expected model_type 'qwen3_vl')")
+        check_model_type(d, source, "qwen3_vl", ARCHITECTURE, "Qwen3-VL dense")
         td = d.get("text_config")
         vd = d.get("vision_config")
         if not isinstance(td, dict) or not isinstance(vd, dict):
@@ -142,14 +123,9 @@ class ModelConfig:
             text_kw["num_key_value_heads"] = text_kw["num_attention_heads"]
         if text_kw.get("head_dim") is None:
             text_kw["head_dim"] = text_kw["hidden_size"] // text_kw["num_attention_heads"]
-        vis_kw = {f.name: vd[f.name] for f in dataclasses.fields(VisionConfig) if f.name in vd}
-        vis_kw["rope_theta"] = float((vd.get("rope_parameters") or {}).get("rope_theta", VisionConfig.rope_theta))
-        vis_kw["deepstack_visual_indexes"] = tuple(vd.get("deepstack_visual_indexes",
-                                                          VisionConfig.deepstack_visual_indexes))
-        vis_kw.setdefault("out_hidden_size", text_kw["hidden_size"])
+        vis_kw = hf_vision_kwargs(vd, VisionConfig, "deepstack_visual_indexes", text_kw["hidden_size"])
         tie = bool(d.get("tie_word_embeddings", td.get("tie_word_embeddings", False)))
-        top = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                                 "vision_end_token_id") if k in d}
+        top = {k: d[k] for k in VISION_TOKEN_KEYS if k in d}
         for k in ("bos_token_id", "eos_token_id", "pad_token_id"):   # absent means None, as in transformers
             top[k] = td.get(k, d.get(k))
         try:
@@ -157,44 +133,12 @@ class ModelConfig:
         except (ConfigError, TypeError) as e:
             raise ConfigError(f"{source}: {e}") from None
 
-    @classmethod
-    def from_hf_dir(cls, hf_dir: str) -> "ModelConfig":
-        path = os.path.join(hf_dir, "config.json")
-        if not os.path.isdir(hf_dir):
-            raise FileNotFoundError(f"{hf_dir}: no such directory")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: missing (not an HF model directory)")
-        with open(path) as f:
-            try:
-                d = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}: invalid JSON ({e})") from None
-        return cls.from_hf_dict(d, source=path)
-
     def to_hf_dict(self, dtype: str = "float32") -> dict[str, Any]:
         """The transformers 5.x layout, as `save_pretrained` writes it."""
-        t, v = self.text, self.vision
-        text_config = {
-            "model_type": "qwen3_vl_text",
-            **{f.name: getattr(t, f.name) for f in dataclasses.fields(TextConfig)
-               if f.name not in ("rope_theta", "mrope_section")},
-            "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta,
-                                "mrope_section": list(t.mrope_section), "mrope_interleaved": True},
-            "attention_bias": False, "tie_word_embeddings": self.tie_word_embeddings,
-            "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id, "dtype": dtype,
-        }
-        vision_config = {
-            "model_type": "qwen3_vl_vision",
-            **{f.name: getattr(v, f.name) for f in dataclasses.fields(VisionConfig) if f.name != "rope_theta"},
-            "deepstack_visual_indexes": list(v.deepstack_visual_indexes),
-            "rope_parameters": {"rope_type": "axial", "rope_theta": v.rope_theta},
-        }
-        return {"architectures": [ARCHITECTURE], "model_type": "qwen3_vl", "text_config": text_config,
-                "vision_config": vision_config, "tie_word_embeddings": self.tie_word_embeddings,
-                "image_token_id": self.image_token_id, "video_token_id": self.video_token_id,
-                "vision_start_token_id": self.vision_start_token_id,
-                "vision_end_token_id": self.vision_end_token_id, "dtype": dtype}
+        text_config = hf_text_config(self, "qwen3_vl_text", dtype, rope_extra={"mrope_interleaved": True},
+                                     extra={"attention_bias": False})
+        vision_config = hf_vision_config(self.vision, "qwen3_vl_vision", "deepstack_visual_indexes")
+        return hf_config_dict(self, ARCHITECTURE, "qwen3_vl", text_config, vision_config, dtype)
 
 
 def _small_vision(out_hidden_size: int) -> VisionConfig:

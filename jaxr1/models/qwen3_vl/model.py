@@ -1,8 +1,9 @@
 """Qwen3-VL (dense) for conditional generation: vision tower (+ DeepStack) + Qwen3 text decoder, and the
 host-side input preparation.
 
-Same surface as `jaxr1.models.qwen2_5_vl.Qwen2_5_VL` (it reuses its `ModelInputs`): `forward(inputs)` is
-pure and traceable, `prepare_inputs` builds the static-shape inputs on the host, `model(...)` does both.
+Same surface as `jaxr1.models.qwen2_5_vl.Qwen2_5_VL` (it shares its base `VisionLanguageModel`, its
+`ModelInputs` and input preparation): `forward(inputs)` is pure and traceable, `prepare_inputs` builds the
+static-shape inputs on the host, `model(...)` does both.
 Difference: image features are a pair (merged features [N, D], DeepStack features [n, N, D]); the second
 must reach the text decoder (`deepstack_inputs`), not only the embeddings.
 """
@@ -11,13 +12,9 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from jaxr1.models.qwen2_5_vl.model import ModelInputs
-from jaxr1.models.qwen2_5_vl.rope_index import get_rope_index
-from jaxr1.models.qwen2_5_vl.vision_index import image_token_index
+from jaxr1.models.qwen2_5_vl.model import ModelInputs, VisionLanguageModel, prepare_with_vision
 from jaxr1.models.qwen3_vl.config import ModelConfig
 from jaxr1.models.qwen3_vl.text import TextDecoder
 from jaxr1.models.qwen3_vl.vision import VisionTower
@@ -48,33 +45,20 @@ def prepare_inputs(cfg: ModelConfig, input_ids, attention_mask=None, pixel_value
     attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
     if (input_ids[attention_mask.astype(bool)] == cfg.video_token_id).any():
         raise NotImplementedError("Qwen3-VL video inputs (<|video_pad|>) are not supported yet")
-    has_images = pixel_values is not None and image_grid_thw is not None and len(image_grid_thw) > 0
-    positions, deltas = get_rope_index(input_ids, attention_mask, image_grid_thw if has_images else None,
-                                       image_token_id=cfg.image_token_id,
-                                       spatial_merge_size=cfg.vision.spatial_merge_size)
-    vision = None
-    if has_images:
+
+    def vision_inputs(pixel_values, image_grid_thw):
         layout = build_layout(pixel_values, image_grid_thw, cfg.vision, num_slots=num_image_slots,
                               patches_per_slot=patches_per_slot)
-        image_index = image_token_index(input_ids, cfg.image_token_id, layout.num_tokens,
-                                        layout.patches.shape[1] // cfg.vision.merge_unit)
-        vision = VisionInputs(layout.patches, layout.rope_hw, layout.frame_ids, layout.pos_index, layout.pos_weight)
-    else:
-        if (input_ids == cfg.image_token_id).any():
-            raise ValueError("input_ids contain <|image_pad|> tokens but no pixel_values/image_grid_thw were given")
-        image_index = np.full(input_ids.shape, -1, np.int32)
-    return ModelInputs(input_ids, attention_mask, positions, image_index, vision), deltas
+        inputs = VisionInputs(layout.patches, layout.rope_hw, layout.frame_ids, layout.pos_index, layout.pos_weight)
+        return inputs, layout.num_tokens, layout.patches.shape[1] // cfg.vision.merge_unit
+
+    return prepare_with_vision(cfg, input_ids, attention_mask, pixel_values, image_grid_thw, vision_inputs)
 
 
-class Qwen3VL(nnx.Module):
-    def __init__(self, cfg: ModelConfig, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
-        self.config = cfg
-        self.visual = VisionTower(cfg.vision, dtype, rngs)
-        self.language_model = TextDecoder(cfg.text, cfg.tie_word_embeddings, dtype, rngs)
-
-    @property
-    def dtype(self):
-        return self.language_model.embed[...].dtype
+class Qwen3VL(VisionLanguageModel):
+    vision_tower = VisionTower
+    text_decoder = TextDecoder
+    prepare_inputs = staticmethod(prepare_inputs)
 
     def encode_images(self, vision: VisionInputs, *, remat: bool = False) -> ImageFeatures:
         """-> (flat merged features [S * P / merge_unit, D], DeepStack features [n, S * P / merge_unit, D])."""
@@ -83,16 +67,9 @@ class Qwen3VL(nnx.Module):
         d = feats.shape[-1]
         return feats.reshape(-1, d), (None if deep is None else deep.reshape(deep.shape[0], -1, d))
 
-    def embed(self, inputs: ModelInputs, image_features: ImageFeatures | None = None, *,
-              remat: bool = False) -> jax.Array:
-        """Token embeddings with the merged image features at the <|image_pad|> positions (a gather: static)."""
-        embeds = self.language_model.embed_tokens(inputs.input_ids)
-        if image_features is None and inputs.vision is not None:
-            image_features = self.encode_images(inputs.vision, remat=remat)
-        if image_features is None:
-            return embeds
-        picked = jnp.take(image_features[0], jnp.maximum(inputs.image_index, 0), axis=0).astype(embeds.dtype)
-        return jnp.where((inputs.image_index >= 0)[..., None], picked, embeds)
+    @staticmethod
+    def merged_features(image_features: ImageFeatures) -> jax.Array:
+        return image_features[0]
 
     @staticmethod
     def deepstack_inputs(inputs: ModelInputs, image_features: ImageFeatures | None):
@@ -106,16 +83,3 @@ class Qwen3VL(nnx.Module):
         out = self.language_model(self.embed(inputs, feats), inputs.positions, inputs.attention_mask, remat=remat,
                                   collect_hidden=collect_hidden, deepstack=self.deepstack_inputs(inputs, feats))
         return out if collect_hidden else out[0]
-
-    def forward(self, inputs: ModelInputs) -> jax.Array:
-        return self.language_model.logits(self.hidden_states(inputs))
-
-    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None) -> jax.Array:
-        """Logits [B, T, V] from inputs exactly as the HF tokenizer / image processor produce them."""
-        inputs, _ = prepare_inputs(self.config, input_ids, attention_mask, pixel_values, image_grid_thw)
-        return _jit_forward(self, inputs)
-
-
-@nnx.jit
-def _jit_forward(model: Qwen3VL, inputs: ModelInputs) -> jax.Array:
-    return model.forward(inputs)

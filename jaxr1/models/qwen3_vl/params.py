@@ -3,20 +3,16 @@ ways, with Qwen2.5-VL's machinery (transforms, safe reads, error messages, the s
 
 Keys are those of transformers' Qwen3VLForConditionalGeneration (`model.visual.*`, `model.language_model.*`,
 `lm_head.weight`): what `save_pretrained` writes and what the released checkpoints hold (Qwen3-VL has no
-checkpoint conversion mapping). Loading has its own loop because Qwen2.5-VL's `load_hf_family` folds
-`model.language_model.*` onto `model.*`, the opposite of this layout. Tensors are placed one at a time.
+checkpoint conversion mapping). Loading is Qwen2.5-VL's `load_hf_family` with keys taken as stored (its
+default folds `model.language_model.*` onto `model.*`, the opposite of this layout); tensors are placed one
+at a time.
 """
 from __future__ import annotations
 
-import json
-import os
-
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxr1.models.qwen2_5_vl import params as _base
-from jaxr1.models.qwen2_5_vl.params import CheckpointError, _from_hf, _hf_shape, _open, _param, _read
 from jaxr1.models.qwen3_vl.config import ModelConfig
 from jaxr1.models.qwen3_vl.model import Qwen3VL
 
@@ -55,54 +51,14 @@ def weight_table(cfg: ModelConfig) -> list[tuple[str, str, str]]:
     return table + ([] if cfg.tie_word_embeddings else [("language_model.lm_head", "lm_head.weight", "linear")])
 
 
-def _index(hf_dir: str) -> dict[str, str]:
-    """HF key -> file, from model.safetensors.index.json or the *.safetensors files present."""
-    index_path = os.path.join(hf_dir, "model.safetensors.index.json")
-    if os.path.isfile(index_path):
-        with open(index_path) as f:
-            return {k: os.path.join(hf_dir, n) for k, n in json.load(f)["weight_map"].items()}
-    names = sorted(n for n in os.listdir(hf_dir) if n.endswith(".safetensors"))
-    if not names:
-        raise FileNotFoundError(f"{hf_dir}: no *.safetensors files and no model.safetensors.index.json")
-    return {k: os.path.join(hf_dir, n) for n in names for k in _open(os.path.join(hf_dir, n)).keys()}
-
-
 def load_hf(hf_dir: str, dtype: str | jnp.dtype = "float32") -> Qwen3VL:
     """Load an HF Qwen3-VL (dense) directory into a jaxr1 model in `dtype` (float32 or bfloat16)."""
-    cfg = ModelConfig.from_hf_dir(hf_dir)
-    dtype = jnp.dtype(dtype)
-    files = _index(hf_dir)
-    for path in set(files.values()):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: listed in model.safetensors.index.json but missing")
-    model = nnx.eval_shape(lambda: Qwen3VL(cfg, dtype))
-    expected: set[str] = set()
-    handles: dict = {}
-    for path, template, transform in weight_table(cfg):
-        p = _param(model, path)
-        shape = tuple(p.shape)
-        stacked = "{i}" in template
-        keys = [template.format(i=i) for i in range(shape[0])] if stacked else [template]
-        expected.update(keys)
-        missing = [k for k in keys if k not in files]
-        if missing:
-            raise CheckpointError(f"{hf_dir}: missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''} "
-                                  f"(config {os.path.join(hf_dir, 'config.json')} expects them)")
-        out = np.empty(shape, dtype)
-        hf_shape = _hf_shape(shape[1:] if stacked else shape, transform, cfg)
-        for i, key in enumerate(keys):
-            x = _read(handles, files[key], key, {})
-            if tuple(x.shape) != hf_shape:
-                raise CheckpointError(f"{files[key]}: {key!r} has shape {tuple(x.shape)}, the config expects "
-                                      f"{hf_shape}")
-            out[i if stacked else ...] = _from_hf(x, transform)
-        p.set_value(jnp.asarray(out))
-        del out
-    # A tied checkpoint may still carry lm_head.weight (a copy of the embedding): ignore it.
-    unexpected = sorted(set(files) - expected - ({"lm_head.weight"} if cfg.tie_word_embeddings else set()))
-    if unexpected:
-        raise CheckpointError(f"{hf_dir}: unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    return model
+    return _base.load_hf_family(hf_dir, dtype, ModelConfig, Qwen3VL, weight_table, key_fn=_stored_key)
+
+
+def _stored_key(key: str) -> str:
+    """Keys are read as stored: this family's table is in transformers' own layout."""
+    return key
 
 
 def hf_state_dict(model: Qwen3VL) -> dict[str, np.ndarray]:

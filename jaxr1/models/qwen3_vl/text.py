@@ -4,6 +4,11 @@ RMSNorm + SwiGLU MLP, norm, logits.
 Same interface and cache semantics as `jaxr1.models.qwen2_5_vl.text.TextDecoder` (it reuses its KVCache):
 one forward serves training, prefill and decode. DeepStack: visual features from intermediate vision layers
 are added to the residual stream at the image-token positions after each of the first n decoder layers.
+
+The layer body is Qwen2's `decoder_layer` (same pre-norm attention + SwiGLU MLP) with this family's
+`project_qkv` (no q/k/v bias, per-head q/k RMSNorm, interleaved M-RoPE tables from `mrope_cos_sin`):
+`TextDecoder.layer` is what training, prefill and the sampler's decode step all run. DeepStack is an add
+after the body at image-token positions, so it only concerns prompt (prefill / training) positions.
 """
 from __future__ import annotations
 
@@ -13,10 +18,9 @@ import numpy as np
 from flax import nnx
 
 from jaxr1.models.qwen2_5_vl.params_init import param
-from jaxr1.models.qwen2_5_vl.text import KVCache
+from jaxr1.models.qwen2_5_vl.text import KVCache, cache_attention, decoder_layer, qkv_linear
 from jaxr1.models.qwen3_vl.config import TextConfig
-from jaxr1.ops.attention import attention
-from jaxr1.ops.layers import activation, apply_rope, rms_norm
+from jaxr1.ops.layers import apply_rope, rms_norm
 
 __all__ = ["KVCache", "TextDecoder", "mrope_cos_sin", "project_qkv"]
 
@@ -60,12 +64,9 @@ def mrope_cos_sin(cfg: TextConfig, positions: jax.Array, dtype) -> tuple[jax.Arr
 
 
 def project_qkv(cfg: TextConfig, p: dict, h: jax.Array, cos: jax.Array, sin: jax.Array):
-    """The Qwen3-specific part of attention: q/k/v projections (no bias), per-head RMSNorm of q and k, RoPE.
-    h [..., T, D] -> q [..., T, H, hd], k and v [..., T, Hkv, hd]. (A decode step can reuse this.)"""
-    hd = cfg.head_dim
-    q = (h @ p["q_kernel"]).reshape(*h.shape[:-1], cfg.num_attention_heads, hd)
-    k = (h @ p["k_kernel"]).reshape(*h.shape[:-1], cfg.num_key_value_heads, hd)
-    v = (h @ p["v_kernel"]).reshape(*h.shape[:-1], cfg.num_key_value_heads, hd)
+    """The Qwen3-specific part of attention: q/k/v projections (no bias; separate or fused `qkv_kernel`),
+    per-head RMSNorm of q and k, RoPE. h [..., D], cos/sin [..., hd] -> q [..., H, hd], k and v [..., Hkv, hd]."""
+    q, k, v = qkv_linear(cfg, p, h)
     q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
     k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
@@ -90,6 +91,18 @@ class TextDecoder(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         return hidden @ self.lm_head_kernel()
 
+    def cos_sin(self, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+        """Interleaved M-RoPE tables for positions [3, B, T] -> [B, T, head_dim]."""
+        return mrope_cos_sin(self.cfg, positions, dtype)
+
+    def layer(self, p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, attend):
+        """The layer body with Qwen3's q/k/v projection (see `jaxr1.models.qwen2_5_vl.text.decoder_layer`)."""
+        return decoder_layer(self.cfg, p, x, cos, sin, attend, project_qkv)
+
+    def stacked_layer_params(self) -> dict[str, jax.Array]:
+        """Per-layer weights stacked [L, ...] by name."""
+        return {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+
     def __call__(self, embeds: jax.Array, positions: jax.Array, kv_valid: jax.Array, *,
                  cache: KVCache | None = None, cache_index: jax.Array | int = 0, remat: bool = False,
                  attn_impl: str = "xla", collect_hidden: bool = False,
@@ -107,8 +120,6 @@ class TextDecoder(nnx.Module):
         q_slot = cache_index + jnp.arange(t)
         kv_slot = jnp.arange(kv_valid.shape[1])
         mask = (kv_slot[None, :] <= q_slot[:, None])[None] & kv_valid[:, None, :].astype(bool)   # [B, T, S]
-        heads, hd = cfg.num_attention_heads, cfg.head_dim
-        act = activation(cfg.hidden_act)
         if deepstack is not None:
             ds_index, ds_feats = deepstack
             ds_where = (ds_index >= 0)[..., None]
@@ -116,25 +127,18 @@ class TextDecoder(nnx.Module):
 
         def layer(x, xs):
             p, ck, cv, i = xs
-            h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-            q, k, v = project_qkv(cfg, p, h, cos, sin)
-            if ck is not None:
-                k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-                v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
-            o = attention(q, k.astype(dtype), v.astype(dtype), mask, implementation=attn_impl)
-            x = x + o.reshape(b, t, heads * hd) @ p["o_kernel"]
-            h = rms_norm(x, p["post_attention_norm"], cfg.rms_norm_eps)
-            x = x + (act(h @ p["gate_kernel"]) * (h @ p["up_kernel"])) @ p["down_kernel"]
+            attend = cache_attention(mask, ck, cv, cache_index, dtype, attn_impl)
+            x, new_kv = self.layer(p, x, cos, sin, attend)
             out = x
             if deepstack is not None:
                 # One scan body for all layers: layers >= n select the unchanged stream.
                 feats = jnp.take(ds_feats[jnp.minimum(i, ds_feats.shape[0] - 1)], ds_index, axis=0)
                 x = jnp.where(ds_where & (i < ds_feats.shape[0]), x + feats.astype(dtype), x)
-            return x, ((k, v) if ck is not None else None, out if collect_hidden else None)
+            return x, (new_kv, out if collect_hidden else None)
 
         if remat:
             layer = jax.checkpoint(layer)
-        stacked = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+        stacked = self.stacked_layer_params()
         idx = jnp.arange(cfg.num_hidden_layers)
         xs = (stacked, None, None, idx) if cache is None else (stacked, cache.k, cache.v, idx)
         x, (new_kv, per_layer) = jax.lax.scan(layer, embeds, xs)

@@ -11,21 +11,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxr1.models.qwen2_5_vl.params_init import param
-from jaxr1.models.qwen2_5_vl.vision import axial_rotary
+from jaxr1.models.qwen2_5_vl.vision import axial_rotary, stacked_params
+from jaxr1.models.qwen2_vl.vision import layer_norm_block
 from jaxr1.models.qwen3_vl.config import VisionConfig
-from jaxr1.ops.attention import attention
-from jaxr1.ops.layers import activation, apply_rope, linear
+from jaxr1.ops.layers import activation, layer_norm, linear
 
 _NORM_EPS = 1e-6  # transformers hard-codes eps=1e-6 in the vision blocks and mergers
-
-
-def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = _NORM_EPS) -> jax.Array:
-    # torch's LayerNorm: statistics in float32 (biased variance), affine in float32, result in the input dtype.
-    x32 = x.astype(jnp.float32)
-    mean = x32.mean(-1, keepdims=True)
-    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
-    return y.astype(x.dtype)
+_BLOCK_NAMES = ("norm1_scale", "norm2_scale", "fc1", "fc2")   # see qwen2_vl.vision.layer_norm_block
 
 
 class VisionBlocks(nnx.Module):
@@ -68,9 +60,9 @@ class PatchMerger(nnx.Module):
         p = {k: (v[...] if index is None else v[index]) for k, v in vars(self).items() if isinstance(v, nnx.Param)}
         s, n, e = x.shape
         if self.postshuffle:
-            x = layer_norm(x.reshape(s, n // merge_unit, e * merge_unit), p["norm_scale"], p["norm_bias"])
+            x = layer_norm(x.reshape(s, n // merge_unit, e * merge_unit), p["norm_scale"], p["norm_bias"], _NORM_EPS)
         else:
-            x = layer_norm(x, p["norm_scale"], p["norm_bias"]).reshape(s, n // merge_unit, e * merge_unit)
+            x = layer_norm(x, p["norm_scale"], p["norm_bias"], _NORM_EPS).reshape(s, n // merge_unit, e * merge_unit)
         x = jax.nn.gelu(linear(x, p["fc1_kernel"], p["fc1_bias"]), approximate=False)
         return linear(x, p["fc2_kernel"], p["fc2_bias"])
 
@@ -99,24 +91,13 @@ class VisionTower(nnx.Module):
         cos, sin = axial_rotary(cfg.head_dim, cfg.rope_theta, rope_hw)   # as Qwen2.5-VL's
         mask = (frame_ids[:, :, None] == frame_ids[:, None, :])
         act = activation(cfg.hidden_act)
-        heads, hd = cfg.num_heads, cfg.head_dim
 
         def block(x, p):
-            s, n, _ = x.shape
-            h = layer_norm(x, p["norm1_scale"], p["norm1_bias"])
-            qkv = linear(h, p["qkv_kernel"], p["qkv_bias"]).reshape(s, n, 3, heads, hd)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-            # transformers applies the vision rotary in float32 and casts back.
-            q = apply_rope(q.astype(jnp.float32), cos, sin).astype(dtype)
-            k = apply_rope(k.astype(jnp.float32), cos, sin).astype(dtype)
-            o = attention(q, k, v, mask).reshape(s, n, heads * hd)
-            x = x + linear(o, p["proj_kernel"], p["proj_bias"])
-            h = layer_norm(x, p["norm2_scale"], p["norm2_bias"])
-            return x + linear(act(linear(h, p["fc1_kernel"], p["fc1_bias"])), p["fc2_kernel"], p["fc2_bias"]), None
+            return layer_norm_block(x, p, cos, sin, mask, cfg.num_heads, act, dtype, _BLOCK_NAMES), None
 
         if remat:
             block = jax.checkpoint(block)
-        stacked = {k: v[...] for k, v in vars(self.blocks).items() if isinstance(v, nnx.Param)}
+        stacked = stacked_params(self.blocks)
         # Scan in segments that end at the DeepStack layers, so their outputs are taken without stacking
         # every layer's activations (same body each segment).
         taken = sorted(cfg.deepstack_visual_indexes)

@@ -8,23 +8,16 @@ from safetensors.numpy import save_file
 
 from jaxr1.models import qwen2_vl
 from jaxr1.models.qwen2_vl import ConfigError
-from tests.hf_tiny import hf_logits, left_pad, prompt_ids, random_image_inputs
-from tests.models.test_io import read_dir_tensors
+from tests.hf_tiny import hf_logits
+from tests.models.parity import (assert_same_tensors, check_bf16_load_error_is_bounded, io_batch, logits,
+                                 read_dir_tensors, write_language_model_layout_4x)
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
-GRIDS = [(1, 6, 8), (1, 4, 4)]
 
 
 @pytest.fixture(scope="module")
 def batch():
-    pv, g = random_image_inputs(GRIDS, seed=11)
-    ids, mask = left_pad([prompt_ids(9, GRIDS[:1], seed=1), prompt_ids(5, GRIDS[1:], seed=2), prompt_ids(12, seed=3)])
-    return ids, mask, pv, g
-
-
-def logits(model, batch):
-    ids, mask, pv, g = batch
-    return np.asarray(model(ids, mask, pv, g))[mask.astype(bool)]
+    return io_batch()
 
 
 @pytest.mark.parametrize("size,low,high", [("2b", 2.20e9, 2.22e9), ("7b", 8.28e9, 8.30e9)])
@@ -60,9 +53,7 @@ def test_load_save_round_trip_is_bit_exact_and_loads_in_transformers(qwen2_vl_pa
     qwen2_vl.save_hf(model, str(tmp_path), source_dir=path)
     a, b = read_dir_tensors(path), read_dir_tensors(str(tmp_path))
     a.pop("lm_head.weight", None) if model.config.tie_word_embeddings else None
-    assert sorted(a) == sorted(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    assert_same_tensors(a, b)
     assert os.path.isfile(tmp_path / "generation_config.json")
     back = Qwen2VLForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
     assert back.config.tie_word_embeddings == model.config.tie_word_embeddings
@@ -75,19 +66,8 @@ def test_language_model_key_layout_and_flat_4x_config(qwen2_vl_pair, batch, tmp_
     """`model.language_model.*` / `model.visual.*` keys, with the released checkpoints' flat 4.x config.json
     (rope_scaling type mrope, in_chans, old vision model_type 'qwen2_vl', no hidden_act)."""
     _, path, model = qwen2_vl_pair
-    renamed = {}
-    for k, v in read_dir_tensors(path).items():
-        k = "model.language_model." + k[len("model."):] if k.startswith("model.") else k
-        k = "model." + k if k.startswith("visual.") else k
-        renamed[k] = v
-    save_file(renamed, str(tmp_path / "model.safetensors"))
-    cfg = json.load(open(os.path.join(path, "config.json")))
-    text = cfg.pop("text_config")
-    rope = text.pop("rope_parameters")
-    flat = {**cfg, **{k: v for k, v in text.items() if k not in ("model_type", "dtype")},
-            "rope_theta": rope["rope_theta"], "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]}}
+    flat = write_language_model_layout_4x(path, tmp_path)
     vision = flat["vision_config"]
-    vision["in_chans"] = vision.pop("in_channels")
     vision["model_type"] = "qwen2_vl"
     for k in ("hidden_act", "rope_parameters"):
         vision.pop(k)
@@ -97,13 +77,7 @@ def test_language_model_key_layout_and_flat_4x_config(qwen2_vl_pair, batch, tmp_
 
 
 def test_bf16_load_error_is_bounded(qwen2_vl_pair, batch):
-    hf_model, path, _ = qwen2_vl_pair
-    ids, mask, pv, g = batch
-    ref = hf_logits(hf_model, ids, mask, pv, g)[mask.astype(bool)]
-    ours = logits(qwen2_vl.load_hf(path, dtype="bfloat16"), batch).astype(np.float32)
-    diff, scale = np.abs(ours - ref).max(), np.abs(ref).max()
-    print(f"bf16 vs fp32 reference: max |diff| {diff:.3e}, max |logit| {scale:.2f}")
-    assert diff <= 0.04 * scale   # the bound test_io.py argues for Qwen2.5-VL
+    check_bf16_load_error_is_bounded(qwen2_vl_pair, batch, qwen2_vl.load_hf)
 
 
 def test_other_families_are_refused(tmp_path):

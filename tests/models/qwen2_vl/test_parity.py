@@ -1,42 +1,37 @@
 """Logit parity with transformers' Qwen2VLForConditionalGeneration on tiny random configs (fp32).
 
-The checks (`check`, and `first_divergence` naming the first stage that differs) are the Qwen2.5-VL ones:
-they only use the model API the two families share."""
+The checks (`check`, and `first_divergence` naming the first stage that differs) are those of
+tests/models/parity.py: they only use the model API the families share."""
 import numpy as np
 
 from tests.hf_tiny import left_pad, prompt_ids, random_image_inputs
-from tests.models.test_parity import check
+from tests.models.parity import (check, check_mixed_batch_with_left_padding, check_one_image,
+                                 check_padding_does_not_change_logits, check_text_only_left_padded)
 
 
 def test_text_only_left_padded(qwen2_vl_pair):
-    check(qwen2_vl_pair, [prompt_ids(20, seed=0), prompt_ids(9, seed=1), prompt_ids(14, seed=2)])
+    check_text_only_left_padded(qwen2_vl_pair)
 
 
 def test_one_image(qwen2_vl_pair):
-    grids = [(1, 6, 8)]
-    pv, g = random_image_inputs(grids)
-    check(qwen2_vl_pair, [prompt_ids(10, grids)], pv, g)
+    check_one_image(qwen2_vl_pair)
 
 
 def test_two_images_of_different_sizes_in_one_prompt(qwen2_vl_pair):
     grids = [(1, 4, 6), (1, 8, 4)]
     pv, g = random_image_inputs(grids, seed=3)
-    check(qwen2_vl_pair, [prompt_ids(8, grids, seed=4)], pv, g)
+    check(qwen2_vl_pair, [prompt_ids(8, grids, seed=4)], pv, g, name="two images")
 
 
 def test_mixed_batch_with_left_padding(qwen2_vl_pair):
-    rows_grids = [[], [(1, 6, 6)], [(1, 4, 4), (1, 10, 6)]]
-    rows = [prompt_ids(6 + 3 * i, g, seed=i) for i, g in enumerate(rows_grids)]
-    flat = [g for gs in rows_grids for g in gs]
-    pv, g = random_image_inputs(flat, seed=5)
-    check(qwen2_vl_pair, rows, pv, g)
+    check_mixed_batch_with_left_padding(qwen2_vl_pair)
 
 
 def test_large_image_attends_over_the_whole_frame(qwen2_vl_pair):
     # 16x20 patches: 2.5-VL would split this into windows; Qwen2-VL must attend over all 320 patches.
     grids = [(1, 16, 20)]
     pv, g = random_image_inputs(grids, seed=6)
-    check(qwen2_vl_pair, [prompt_ids(6, grids, seed=6)], pv, g)
+    check(qwen2_vl_pair, [prompt_ids(6, grids, seed=6)], pv, g, name="whole frame")
 
 
 def test_layout_is_processor_order(qwen2_vl_pair):
@@ -55,12 +50,4 @@ def test_layout_is_processor_order(qwen2_vl_pair):
 
 def test_padding_does_not_change_logits(qwen2_vl_pair):
     """Bucket padding (extra image slots, longer slots) must not leak into attention."""
-    from jaxr1.models.qwen2_vl import prepare_inputs
-    _, _, model = qwen2_vl_pair
-    grids = [(1, 6, 8), (1, 4, 4)]
-    pv, g = random_image_inputs(grids, seed=7)
-    ids, mask = left_pad([prompt_ids(5, grids[:1]), prompt_ids(7, grids[1:], seed=1)])
-    tight, _ = prepare_inputs(model.config, ids, mask, pv, g, num_image_slots=2, patches_per_slot=48)
-    loose, _ = prepare_inputs(model.config, ids, mask, pv, g, num_image_slots=4, patches_per_slot=256)
-    a, b = np.asarray(model.forward(tight)), np.asarray(model.forward(loose))
-    assert np.abs(a - b)[mask.astype(bool)].max() <= 1e-5
+    check_padding_does_not_change_logits(qwen2_vl_pair)

@@ -6,7 +6,7 @@ import numpy as np
 
 from jaxr1.assets import TINY_MODEL_DIR
 from tests.hf_tiny import hf_logits
-from tests.models.test_parity import TOL
+from tests.models.parity import TOL
 
 TINY_DIR = os.path.join(os.path.dirname(TINY_MODEL_DIR), "tiny_qwen2_vl")
 

@@ -78,12 +78,33 @@ def test_greedy_matches_transformers_generate(hf_pair, case):
     assert diff <= 1e-4
 
 
-@pytest.mark.xfail(reason="jaxr1.sampling is Qwen2.5-VL specific (decode step, M-RoPE layout, vision inputs)",
-                   strict=False)
-def test_sampler_generate_matches_greedy(hf_pair):
+def _case(case):
+    if case == "text":
+        ids, mask = left_pad([prompt_ids(12, seed=0), prompt_ids(7, seed=1)])
+        return ids, mask, None, None
+    rows_grids = [[(1, 6, 8)], [], [(1, 4, 4), (1, 8, 6)]]
+    ids, mask = left_pad([prompt_ids(6 + 2 * i, g, seed=i) for i, g in enumerate(rows_grids)])
+    pv, grid = random_image_inputs([g for gs in rows_grids for g in gs], seed=2)
+    return ids, mask, pv, grid
+
+
+@pytest.mark.parametrize("layer_loop", ["unroll", "scan"])
+@pytest.mark.parametrize("case", ["text", "images"])
+def test_sampler_generate_matches_greedy(hf_pair, case, layer_loop):
+    """jaxr1.sampling.generate (prompt-shared KV, the Qwen3 layer body with fused or stacked weights, DeepStack
+    in prefill, interleaved M-RoPE in decode) == transformers' greedy generate, with matching log-probs."""
     from jaxr1.sampling import generate
     hf_model, _, model = hf_pair
-    ids, mask = left_pad([prompt_ids(12, seed=0), prompt_ids(7, seed=1)])
-    ref_tokens, _ = hf_greedy(hf_model, ids, mask)
-    out = generate(model, ids, mask, max_new_tokens=NEW, temperature=0.0, eos_token_ids=[])
-    assert np.array_equal(np.asarray(out.tokens), ref_tokens)
+    ids, mask, pv, grid = _case(case)
+    ref_tokens, ref_logits = hf_greedy(hf_model, ids, mask, pv, grid)
+    out = generate(model, ids, mask, pv, grid, max_new_tokens=NEW, temperature=0.0, eos_token_ids=[],
+                   num_samples=2, layer_loop=layer_loop)
+    tokens = np.asarray(out.tokens)
+    assert np.array_equal(tokens, np.repeat(ref_tokens, 2, axis=0)), (tokens, ref_tokens)
+    ref_lp = np.take_along_axis(ref_logits - _logsumexp(ref_logits), ref_tokens[..., None], -1)[..., 0]
+    assert np.abs(np.asarray(out.logprobs) - np.repeat(ref_lp, 2, axis=0)).max() <= 1e-4
+
+
+def _logsumexp(x):
+    m = x.max(-1, keepdims=True)
+    return m + np.log(np.exp(x - m).sum(-1, keepdims=True))

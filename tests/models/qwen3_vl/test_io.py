@@ -5,35 +5,21 @@ import shutil
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from jaxr1.models import qwen3_vl
 from jaxr1.models.qwen3_vl import CheckpointError, ConfigError
-from tests.hf_tiny import hf_logits, left_pad, prompt_ids
-from tests.models.qwen3_vl.tiny import random_image_inputs
+from tests.hf_tiny import hf_logits
+from tests.models.parity import (assert_same_tensors, check_bf16_load_error_is_bounded, io_batch, logits,
+                                 read_dir_tensors)
+from tests.models.qwen3_vl.tiny import PATCH
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
-GRIDS = [(1, 6, 8), (1, 4, 4)]
 
 
 @pytest.fixture(scope="module")
 def batch():
-    pv, g = random_image_inputs(GRIDS, seed=11)
-    ids, mask = left_pad([prompt_ids(9, GRIDS[:1], seed=1), prompt_ids(5, GRIDS[1:], seed=2), prompt_ids(12, seed=3)])
-    return ids, mask, pv, g
-
-
-def logits(model, batch):
-    ids, mask, pv, g = batch
-    return np.asarray(model(ids, mask, pv, g))[mask.astype(bool)]
-
-
-def read_dir_tensors(d):
-    out = {}
-    for name in os.listdir(d):
-        if name.endswith(".safetensors"):
-            out.update(load_file(os.path.join(d, name)))
-    return out
+    return io_batch(patch=PATCH)
 
 
 def test_round_trip_is_bit_exact_and_transformers_loads_it(hf_pair, batch, tmp_path):
@@ -41,9 +27,7 @@ def test_round_trip_is_bit_exact_and_transformers_loads_it(hf_pair, batch, tmp_p
     hf_model, path, model = hf_pair
     qwen3_vl.save_hf(model, str(tmp_path), source_dir=path)
     a, b = read_dir_tensors(path), read_dir_tensors(str(tmp_path))
-    assert sorted(a) == sorted(b)   # save_pretrained drops lm_head.weight when tied, and so do we
-    for k in a:
-        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    assert_same_tensors(a, b)   # save_pretrained drops lm_head.weight when tied, and so do we
     back = Qwen3VLForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
     ids, mask, pv, g = batch
     assert np.array_equal(hf_logits(hf_model, ids, mask, pv, g), hf_logits(back, ids, mask, pv, g))
@@ -63,14 +47,7 @@ def test_sharded_checkpoint_and_sharded_save(hf_pair, batch, tmp_path):
 
 
 def test_bf16_load_error_is_bounded(hf_pair, batch):
-    hf_model, path, _ = hf_pair
-    ids, mask, pv, g = batch
-    ref = hf_logits(hf_model, ids, mask, pv, g)[mask.astype(bool)]
-    bf16 = qwen3_vl.load_hf(path, dtype="bfloat16")
-    assert str(bf16.dtype) == "bfloat16"
-    diff = np.abs(logits(bf16, batch).astype(np.float32) - ref).max()
-    print(f"bf16 vs fp32 reference: max |diff| {diff:.3e}, max |logit| {np.abs(ref).max():.2f}")
-    assert diff <= 0.04 * np.abs(ref).max()   # the bound of the Qwen2.5-VL tests (about 10 bf16 ulps)
+    check_bf16_load_error_is_bounded(hf_pair, batch, qwen3_vl.load_hf)
 
 
 @pytest.mark.parametrize("size", ["2b", "4b", "8b"])

@@ -5,8 +5,6 @@ have Qwen3-VL's patch size (16).
 """
 from __future__ import annotations
 
-import numpy as np
-
 from tests import hf_tiny
 from tests.hf_tiny import IMAGE_TOKEN_ID, VISION_END_ID, VISION_START_ID
 
@@ -38,6 +36,4 @@ def make_hf_model(cfg, seed: int = 0):
 
 def random_image_inputs(grids, seed: int = 0):
     """pixel_values [N, 3*2*16*16] and image_grid_thw as the image processor emits them."""
-    rng = np.random.default_rng(seed)
-    n = sum(t * h * w for t, h, w in grids)
-    return rng.standard_normal((n, 3 * 2 * PATCH * PATCH)).astype(np.float32), np.asarray(grids, np.int64)
+    return hf_tiny.random_image_inputs(grids, seed, patch=PATCH)
