@@ -112,7 +112,7 @@ def load_policy(model_cfg, data_cfg=None):
     when set, override the checkpoint's image processor."""
     from jaxr1.checkpointing import is_model_checkpoint, is_train_checkpoint, load_model, load_train_checkpoint
     from jaxr1.data import load_processors
-    from jaxr1.models import load_hf
+    from jaxr1.models import load_hf, set_attention
     model_dir = resolve_model_dir(model_cfg.path)
     if is_train_checkpoint(model_dir):
         model = load_train_checkpoint(model_dir, dtype=model_cfg.param_dtype)
@@ -120,6 +120,8 @@ def load_policy(model_cfg, data_cfg=None):
         model = load_model(model_dir, dtype=model_cfg.param_dtype)
     else:
         model = load_hf(model_dir, dtype=model_cfg.param_dtype)
+    # The kernel is chosen (and refused, with the key to change) before any data or compile work.
+    set_attention(model, model_cfg.attention, dtype=model_cfg.compute_dtype)
     pixels = (data_cfg.min_pixels, data_cfg.max_pixels) if data_cfg is not None else (None, None)
     tokenizer, image_processor = load_processors(processor_dir(model_dir), *pixels)
     return model, tokenizer, image_processor, model_dir

@@ -10,6 +10,9 @@ import importlib
 import json
 import os
 
+import logging
+
+import jax
 import jax.numpy as jnp
 
 from jaxr1.errors import UserError
@@ -64,3 +67,27 @@ def load_hf(model_dir: str, dtype: str = "float32"):
 def save_hf(model, out_dir: str, *, source_dir: str | None = None) -> None:
     """An HF directory of the model's family that transformers' from_pretrained loads."""
     family_of(model.config).save_hf(model, out_dir, source_dir=source_dir)
+
+
+def set_attention(model, name: str, *, platform: str | None = None, dtype=None,
+                  allow_interpret: bool = False) -> dict[str, str]:
+    """Resolve `model.attention` (auto | xla | splash | cudnn) for `platform` (default: JAX's backend) and the
+    compute dtype, and set it on the text decoder (training, prefill) and the vision tower. A kernel that
+    cannot serve the text decoder is a UserError here, at start. The vision tower runs splash when the text
+    does and its head dim allows; else XLA (documented fallback: cuDNN's wrapper serves one contiguous run
+    per row, and vision rows hold several windows / frames). The sampler's decode step keeps its own
+    shared-prefix attention (one query per row over the prompt and own caches; no fused kernel serves that
+    shape better). Returns {"text": ..., "vision": ..., "decode": "shared_prefix"}."""
+    from jaxr1.ops.attention import resolve_attention, splash_head_dim_ok
+    platform = platform or jax.default_backend()
+    dtype = jnp.dtype(dtype or model.dtype)
+    cfg = model.config
+    text = resolve_attention(name, platform=platform, dtype=dtype, head_dim=cfg.text.head_dim,
+                             allow_interpret=allow_interpret)
+    vision = text if text == "splash" and splash_head_dim_ok(cfg.vision.head_dim) else "xla"
+    model.language_model.attention = text
+    model.visual.attention = vision
+    chosen = {"text": text, "vision": vision, "decode": "shared_prefix"}
+    logging.getLogger("jaxr1.models").info("attention (model.attention=%s on %s, %s): %s", name, platform,
+                                           dtype.name, chosen)
+    return chosen

@@ -29,13 +29,17 @@ PARAM_RULES: list[tuple[str, tuple]] = [
     (r"language_model/layers/(gate|up)_kernel$", (None, "fsdp", "tensor")),
     (r"language_model/layers/down_kernel$", (None, "tensor", "fsdp")),
     (r"visual/patch_embed$", (None, "fsdp")),
-    (r"visual/blocks/(gate|up)_kernel$", (None, "fsdp", "tensor")),
-    (r"visual/blocks/(gate|up)_bias$", (None, "tensor")),
-    (r"visual/blocks/down_kernel$", (None, "tensor", "fsdp")),
+    (r"visual/pos_embed$", (None, "fsdp")),                          # Qwen3-VL's learned grid [N, E]
+    (r"visual/blocks/(gate|up|fc1)_kernel$", (None, "fsdp", "tensor")),
+    (r"visual/blocks/(gate|up|fc1)_bias$", (None, "tensor")),
+    (r"visual/blocks/(down|fc2)_kernel$", (None, "tensor", "fsdp")),
     (r"visual/blocks/(qkv|proj)_kernel$", (None, "fsdp", None)),      # fused qkv: keep heads whole
     (r"visual/merger/fc1_kernel$", ("fsdp", "tensor")),
     (r"visual/merger/fc1_bias$", ("tensor",)),
     (r"visual/merger/fc2_kernel$", ("tensor", "fsdp")),
+    (r"visual/deepstack/fc1_kernel$", (None, "fsdp", "tensor")),     # Qwen3-VL's stacked DeepStack mergers
+    (r"visual/deepstack/fc1_bias$", (None, "tensor")),
+    (r"visual/deepstack/fc2_kernel$", (None, "tensor", "fsdp")),
     (r".*", ()),                                                       # norms, other biases: replicated
 ]
 

@@ -2,9 +2,10 @@
 
 The prompt's keys/values are stored once per prompt ([L, B, Tp, ...]) and read by all of its `n` samples:
 the n query rows of a prompt attend to it like n query positions of one sequence. Each sample's own
-tokens go to a per-row cache ([L, B*n, N, ...]) written one slot per step in place. Both halves share one
-softmax (scores are concatenated), so this is the same attention as over a replicated cache, without
-copying the prompt n times or reading it n times per step.
+tokens go to a per-row cache ([L, B*n, N, ...]) written one slot per step in place; N is the current
+decode segment's window (the sampler grows it by powers of two), so a step reads only the live part. Both
+halves share one softmax (scores are concatenated), so this is the same attention as over a replicated
+cache, without copying the prompt n times or reading it n times per step.
 
 There is no layer math here: each step runs the text decoder's own layer body (`lm.layer(p, x, cos, sin,
 attend)`, the one its training / prefill forward runs) with `attend` = shared-prefix attention that also

@@ -150,7 +150,8 @@ def test_cache_dtype_follows_model(tiny_pair):
         spec = make_spec(model.config, max_new_tokens=4, temperature=1.0, top_k=5, layer_loop=loop)
         state = jax.eval_shape(lambda p: prefill_fn(graphdef, p, batch, jax.random.key(0), 4, 1.0, 1.0, spec=spec),
                                params)
-        leaves = jax.tree.leaves((state.prompt.k, state.prompt.v, state.gen.k, state.gen.v))
+        assert state.gen is None   # the per-row cache exists only inside decode (it grows by segment)
+        out = jax.eval_shape(lambda p, s: decode_fn(graphdef, p, s, spec=spec, keep_cache=True), params, state)
+        leaves = jax.tree.leaves((state.prompt.k, state.prompt.v, out.gen.k, out.gen.v))
         assert {x.dtype for x in leaves} == {jnp.dtype(jnp.bfloat16)}
-        out = jax.eval_shape(lambda p, s: decode_fn(graphdef, p, s, spec=spec), params, state)
         assert out.logprobs.dtype == jnp.float32 and out.tokens.dtype == jnp.int32

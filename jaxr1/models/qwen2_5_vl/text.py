@@ -99,18 +99,32 @@ def mlp_out(cfg, p: dict, x: jax.Array) -> jax.Array:
     return (activation(cfg.hidden_act)(gate) * up) @ p["down_kernel"]
 
 
-def cache_attention(mask: jax.Array, ck: jax.Array | None, cv: jax.Array | None, cache_index, dtype,
-                    attn_impl: str = "xla"):
-    """`attend` for the full-sequence forward (training, prefill): without a cache, masked attention over the
-    call's own keys; with one layer's cache ck/cv [B, S, Hkv, hd], first write k/v at `cache_index`, then
-    attend over the cache. aux = the updated (ck, cv), or None."""
+def cache_attention(core, ck: jax.Array | None, cv: jax.Array | None, cache_index, dtype):
+    """`attend` for the full-sequence forward (training, prefill): without a cache, `core(q, k, v) -> o` over
+    the call's own keys; with one layer's cache ck/cv [B, S, Hkv, hd], first write k/v at `cache_index`,
+    then attend over the cache. aux = the updated (ck, cv), or None."""
     def attend(q, k, v):
         if ck is not None:
             k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
-        o = attention(q, k.astype(dtype), v.astype(dtype), mask, implementation=attn_impl)
+        o = core(q, k.astype(dtype), v.astype(dtype))
         return o, ((k, v) if ck is not None else None)
     return attend
+
+
+def sequence_attention(implementation: str, kv_valid: jax.Array, t: int, cache_index):
+    """`core(q, k, v)` for T queries at slots cache_index.. over S key slots, causal, keys where kv_valid.
+    A fused kernel (splash, cudnn) takes segment ids (1 = real token, 0 = padding) + causal, no dense mask;
+    it serves the calls whose queries are all the keys (training, prefill: S == T at slot 0). Anything else
+    (a cache longer than the call) runs the XLA path under the dense [B, T, S] mask."""
+    if implementation != "xla" and kv_valid.shape[1] == t and isinstance(cache_index, int) and cache_index == 0:
+        seg = kv_valid.astype(jnp.int32)
+        return lambda q, k, v: attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=True,
+                                         implementation=implementation)
+    q_slot = cache_index + jnp.arange(t)
+    kv_slot = jnp.arange(kv_valid.shape[1])
+    mask = (kv_slot[None, :] <= q_slot[:, None])[None] & kv_valid[:, None, :].astype(bool)   # [B, T, S]
+    return lambda q, k, v: attention(q, k, v, mask)
 
 
 def decoder_layer(cfg, p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, attend, project=project_qkv):
@@ -126,10 +140,18 @@ def decoder_layer(cfg, p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, at
 
 
 class TextDecoder(nnx.Module):
+    """A family's text decoder: its stacked layer weights (`layer_weights`), q/k/v projection (`project`) and
+    M-RoPE tables (`rope`) are class attributes; the forward, the cache and DeepStack are shared.
+    `attention` names the kernel every full-sequence call runs (jaxr1.models.set_attention sets it)."""
+    layer_weights = DecoderLayers
+    project = staticmethod(project_qkv)
+    rope = staticmethod(mrope_cos_sin)
+
     def __init__(self, cfg: TextConfig, tie_word_embeddings: bool, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         self.cfg = cfg
+        self.attention = "xla"
         self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), dtype)
-        self.layers = DecoderLayers(cfg, dtype, rngs)
+        self.layers = self.layer_weights(cfg, dtype, rngs)
         self.norm = param(rngs, (cfg.hidden_size,), dtype, "ones")
         # Tied: logits use the embedding itself, never a copy.
         self.lm_head = None if tie_word_embeddings else param(rngs, (cfg.hidden_size, cfg.vocab_size), dtype)
@@ -146,40 +168,49 @@ class TextDecoder(nnx.Module):
 
     def cos_sin(self, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
         """M-RoPE tables for positions [3, B, T] -> [B, T, head_dim] (this family's channel layout)."""
-        return mrope_cos_sin(self.cfg, positions, dtype)
+        return self.rope(self.cfg, positions, dtype)
 
     def layer(self, p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, attend):
         """The layer body with this family's q/k/v projection (see `decoder_layer`)."""
-        return decoder_layer(self.cfg, p, x, cos, sin, attend, project_qkv)
+        return decoder_layer(self.cfg, p, x, cos, sin, attend, self.project)
 
     def stacked_layer_params(self) -> dict[str, jax.Array]:
         """Per-layer weights stacked [L, ...] by name."""
         return {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
 
     def __call__(self, embeds: jax.Array, positions: jax.Array, kv_valid: jax.Array, *,
-                 cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-                 remat: bool = False, attn_impl: str = "xla", collect_hidden: bool = False):
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0, remat: bool = False,
+                 collect_hidden: bool = False, deepstack: tuple[jax.Array, jax.Array] | None = None):
         """embeds [B, T, D], positions [3, B, T]; kv_valid [B, S] marks usable key slots (S = T without a
-        cache, else the cache length, already including this call's tokens). Returns final-norm hidden
-        states [B, T, D] and the updated cache (and, with collect_hidden, each layer's output [L, B, T, D])."""
+        cache, else the cache length, already including this call's tokens). deepstack (Qwen3-VL) = (index
+        [B, T]: row of `features` for each image-token position, -1 elsewhere; features [n, N, D]): after
+        layer i < n, features[i][index] is added at those positions. Returns final-norm hidden states
+        [B, T, D] and the updated cache (and, with collect_hidden, each layer's output [L, B, T, D] before
+        the DeepStack add, as transformers' output_hidden_states)."""
         cfg = self.cfg
-        b, t, _ = embeds.shape
         dtype = embeds.dtype
-        cos, sin = mrope_cos_sin(cfg, positions, dtype)
-        q_slot = cache_index + jnp.arange(t)
-        kv_slot = jnp.arange(kv_valid.shape[1])
-        mask = (kv_slot[None, :] <= q_slot[:, None])[None] & kv_valid[:, None, :].astype(bool)   # [B, T, S]
+        cos, sin = self.cos_sin(positions, dtype)
+        core = sequence_attention(self.attention, kv_valid, embeds.shape[1], cache_index)
+        if deepstack is not None:
+            ds_index, ds_feats = deepstack
+            ds_where = (ds_index >= 0)[..., None]
+            ds_index = jnp.maximum(ds_index, 0)
 
         def layer(x, xs):
-            p, ck, cv = xs
-            attend = cache_attention(mask, ck, cv, cache_index, dtype, attn_impl)
-            x, new_kv = self.layer(p, x, cos, sin, attend)
-            return x, (new_kv, x if collect_hidden else None)
+            p, ck, cv, i = xs
+            x, new_kv = self.layer(p, x, cos, sin, cache_attention(core, ck, cv, cache_index, dtype))
+            out = x
+            if deepstack is not None:
+                # One scan body for all layers: layers >= n select the unchanged stream.
+                feats = jnp.take(ds_feats[jnp.minimum(i, ds_feats.shape[0] - 1)], ds_index, axis=0)
+                x = jnp.where(ds_where & (i < ds_feats.shape[0]), x + feats.astype(dtype), x)
+            return x, (new_kv, out if collect_hidden else None)
 
         if remat:
             layer = jax.checkpoint(layer)
         stacked = self.stacked_layer_params()
-        xs = (stacked, None, None) if cache is None else (stacked, cache.k, cache.v)
+        idx = jnp.arange(cfg.num_hidden_layers)
+        xs = (stacked, None, None, idx) if cache is None else (stacked, cache.k, cache.v, idx)
         x, (new_kv, per_layer) = jax.lax.scan(layer, embeds, xs)
         new_cache = None if cache is None else KVCache(*new_kv)
         out = rms_norm(x, self.norm[...], cfg.rms_norm_eps)

@@ -50,6 +50,7 @@ class PatchMerger(nnx.Module):
 class VisionTower(nnx.Module):
     def __init__(self, cfg: VisionConfig, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         self.cfg = cfg
+        self.attention = "xla"   # the kernel of every block (jaxr1.models.set_attention)
         self.patch_embed = param(rngs, (cfg.patch_dim, cfg.hidden_size), dtype)  # Conv3d as a matmul
         self.blocks = VisionBlocks(cfg, dtype, rngs)
         self.merger = PatchMerger(cfg, dtype, rngs)
@@ -64,8 +65,8 @@ class VisionTower(nnx.Module):
         dtype = self.patch_embed[...].dtype
         x = patches.astype(dtype) @ self.patch_embed[...]
         cos, sin = self.rotary(rope_hw, dtype)
-        window_mask = window_ids[:, :, None] == window_ids[:, None, :]
-        full_mask = frame_ids[:, :, None] == frame_ids[:, None, :]
+        # Segment ids (0 = pad patch) select what each layer attends within a slot: its window or its frame.
+        window_seg, full_seg = window_ids + 1, frame_ids + 1
         is_full = np.zeros((cfg.depth,), bool)
         is_full[[i for i in cfg.fullatt_block_indexes if i < cfg.depth]] = True
         act = activation(cfg.hidden_act)
@@ -74,7 +75,7 @@ class VisionTower(nnx.Module):
         def block(x, layer):
             p, full = layer
             h = rms_norm(x, p["norm1"], _NORM_EPS)
-            x = x + vision_attention(h, p, cos, sin, jnp.where(full, full_mask, window_mask), heads, dtype)
+            x = x + vision_attention(h, p, cos, sin, jnp.where(full, full_seg, window_seg), heads, dtype, self.attention)
             h = rms_norm(x, p["norm2"], _NORM_EPS)
             g = act(linear(h, p["gate_kernel"], p["gate_bias"])) * linear(h, p["up_kernel"], p["up_bias"])
             return x + linear(g, p["down_kernel"], p["down_bias"]), None
@@ -92,10 +93,11 @@ def stacked_params(module: nnx.Module) -> dict[str, jax.Array]:
     return {k: v[...] for k, v in vars(module).items() if isinstance(v, nnx.Param)}
 
 
-def vision_attention(h: jax.Array, p: dict[str, jax.Array], cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                     heads: int, dtype) -> jax.Array:
+def vision_attention(h: jax.Array, p: dict[str, jax.Array], cos: jax.Array, sin: jax.Array, segments: jax.Array,
+                     heads: int, dtype, implementation: str = "xla") -> jax.Array:
     """A vision block's self-attention on normed h [S, P, E]: fused qkv (`qkv_kernel`/`qkv_bias`), the axial
-    rotary on q and k, attention under `mask` [S, P, P], output projection (`proj_kernel`/`proj_bias`)."""
+    rotary on q and k, attention within `segments` [S, P] (equal ids attend, 0 = pad patch), output
+    projection (`proj_kernel`/`proj_bias`)."""
     s, n, e = h.shape
     hd = e // heads
     qkv = linear(h, p["qkv_kernel"], p["qkv_bias"]).reshape(s, n, 3, heads, hd)
@@ -103,7 +105,12 @@ def vision_attention(h: jax.Array, p: dict[str, jax.Array], cos: jax.Array, sin:
     # transformers applies the vision rotary in float32 and casts back.
     q = apply_rope(q.astype(jnp.float32), cos, sin).astype(dtype)
     k = apply_rope(k.astype(jnp.float32), cos, sin).astype(dtype)
-    o = attention(q, k, v, mask).reshape(s, n, heads * hd)
+    if implementation == "xla":
+        mask = (segments[:, :, None] == segments[:, None, :]) & (segments > 0)[:, None, :]
+        o = attention(q, k, v, mask)
+    else:
+        o = attention(q, k, v, q_segment_ids=segments, kv_segment_ids=segments, implementation=implementation)
+    o = o.reshape(s, n, heads * hd)
     return linear(o, p["proj_kernel"], p["proj_bias"])
 
 

@@ -21,13 +21,14 @@ _NORM_EPS = 1e-6  # transformers hard-codes LayerNorm(eps=1e-6) in the vision bl
 BLOCK_NAMES = ("norm1", "norm2", "up", "down")
 
 
-def layer_norm_block(x: jax.Array, p: dict[str, jax.Array], cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                     heads: int, act, dtype, names: tuple[str, str, str, str] = BLOCK_NAMES) -> jax.Array:
+def layer_norm_block(x: jax.Array, p: dict[str, jax.Array], cos: jax.Array, sin: jax.Array, segments: jax.Array,
+                     heads: int, act, dtype, names: tuple[str, str, str, str] = BLOCK_NAMES,
+                     implementation: str = "xla") -> jax.Array:
     """One full-attention vision block (pre-LayerNorm attention, pre-LayerNorm fc1 -> act -> fc2 MLP), as
     Qwen2-VL's and Qwen3-VL's towers run it; `names` are the block's parameter names."""
     norm1, norm2, fc1, fc2 = names
     h = layer_norm(x, p[norm1], p["norm1_bias"], _NORM_EPS)
-    x = x + vision_attention(h, p, cos, sin, mask, heads, dtype)
+    x = x + vision_attention(h, p, cos, sin, segments, heads, dtype, implementation)
     h = layer_norm(x, p[norm2], p["norm2_bias"], _NORM_EPS)
     h = act(linear(h, p[f"{fc1}_kernel"], p[f"{fc1}_bias"]))
     return x + linear(h, p[f"{fc2}_kernel"], p[f"{fc2}_bias"])
@@ -67,6 +68,7 @@ class PatchMerger(nnx.Module):
 class VisionTower(nnx.Module):
     def __init__(self, cfg: VisionConfig, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         self.cfg = cfg
+        self.attention = "xla"   # the kernel of every block (jaxr1.models.set_attention)
         self.patch_embed = param(rngs, (cfg.patch_dim, cfg.hidden_size), dtype)  # Conv3d as a matmul
         self.blocks = VisionBlocks(cfg, dtype, rngs)
         self.merger = PatchMerger(cfg, dtype, rngs)
@@ -80,11 +82,12 @@ class VisionTower(nnx.Module):
         dtype = self.patch_embed[...].dtype
         x = patches.astype(dtype) @ self.patch_embed[...]
         cos, sin = axial_rotary(cfg.head_dim, cfg.rope_theta, rope_hw)
-        mask = frame_ids[:, :, None] == frame_ids[:, None, :]
+        segments = frame_ids + 1   # 0 = pad patch
         act = activation(cfg.hidden_act)
 
         def block(x, p):
-            return layer_norm_block(x, p, cos, sin, mask, cfg.num_heads, act, dtype), None
+            return layer_norm_block(x, p, cos, sin, segments, cfg.num_heads, act, dtype,
+                                    implementation=self.attention), None
 
         if remat:
             block = jax.checkpoint(block)

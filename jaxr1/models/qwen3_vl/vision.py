@@ -70,6 +70,7 @@ class PatchMerger(nnx.Module):
 class VisionTower(nnx.Module):
     def __init__(self, cfg: VisionConfig, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         self.cfg = cfg
+        self.attention = "xla"   # the kernel of every block (jaxr1.models.set_attention)
         self.patch_embed = param(rngs, (cfg.patch_dim, cfg.hidden_size), dtype)  # Conv3d as a matmul
         self.patch_bias = param(rngs, (cfg.hidden_size,), dtype, "zeros")
         self.pos_embed = param(rngs, (cfg.num_position_embeddings, cfg.hidden_size), dtype)
@@ -89,11 +90,12 @@ class VisionTower(nnx.Module):
         taps = jnp.take(self.pos_embed[...], pos_index, axis=0) * pos_weight[..., None]
         x = x + taps.sum(-2).astype(dtype)
         cos, sin = axial_rotary(cfg.head_dim, cfg.rope_theta, rope_hw)   # as Qwen2.5-VL's
-        mask = (frame_ids[:, :, None] == frame_ids[:, None, :])
+        segments = frame_ids + 1   # 0 = pad patch
         act = activation(cfg.hidden_act)
 
         def block(x, p):
-            return layer_norm_block(x, p, cos, sin, mask, cfg.num_heads, act, dtype, _BLOCK_NAMES), None
+            return layer_norm_block(x, p, cos, sin, segments, cfg.num_heads, act, dtype, _BLOCK_NAMES,
+                                    self.attention), None
 
         if remat:
             block = jax.checkpoint(block)
