@@ -24,15 +24,14 @@ def token_logprobs(
     chunk_size: int = 128,
     temperature: float = 1.0,
     transpose_w: bool = False,
-    precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
+    precision: jax.lax.PrecisionLike | None = None,
 ) -> tuple[Array, Array]:
     """log p(targets) and entropy of softmax(hidden @ W / temperature); both [N, T] float32.
 
     hidden: [N, T, D] final hidden states (after the final norm); targets: [N, T] int token ids.
     lm_head_w: [D, V], or the tied embedding [V, D] with transpose_w=True.
     temperature: the sampler's, so the trainer scores tokens under the distribution they came from.
-    precision: HIGHEST by default because GPUs may otherwise run f32 matmuls in TF32, whose ~1e-3
-    relative logit error moves log-ratios by more than GSPO's 3e-4 clip range.
+    precision: None = the policy of `matmul_policy` (by the input dtype); pass one to override.
     Positions are padded up to a multiple of chunk_size; padded outputs are dropped.
     """
     if isinstance(temperature, (int, float)) and temperature <= 0:
@@ -56,7 +55,8 @@ def token_logprobs(
     targets_c = targets.reshape(n, n_chunks, chunk).swapaxes(0, 1)
     spec = "ncd,vd->ncv" if transpose_w else "ncd,dv->ncv"
 
-    chunk_fn = _chunk_fn(spec, precision)
+    operand, default_precision = matmul_policy(dtype)
+    chunk_fn = _chunk_fn(spec, default_precision if precision is None else precision, operand)
 
     def body(carry: None, xs: tuple[Array, Array]) -> tuple[None, tuple[Array, Array]]:
         return carry, chunk_fn(lm_head_w, xs[0], xs[1], jnp.asarray(temperature, jnp.float32))
@@ -67,7 +67,21 @@ def token_logprobs(
     return logp, entropy
 
 
-def _chunk_fn(spec: str, precision: jax.lax.PrecisionLike) -> Callable[..., tuple[Array, Array]]:
+def matmul_policy(dtype) -> tuple[jnp.dtype, jax.lax.Precision]:
+    """The one place that decides the lm-head log-prob matmuls' operand dtype and precision (always with
+    float32 accumulation). bf16/fp16 models (accelerators): the backward's logit cotangent goes into the
+    matmul in the model dtype at DEFAULT precision, a single tensor-core / MXU pass, as autodiff of a bf16
+    matmul does (float32 operands there would run plain FP32 on an H100 and 6 passes on a TPU, for the
+    largest matmuls of the step). float32 models (CPU parity, the tests): float32 at HIGHEST, since GPUs
+    would otherwise use TF32, whose ~1e-3 relative logit error moves log-ratios by more than GSPO's 3e-4
+    clip range. The trainer/sampler log-prob gap metric shows what bf16 costs."""
+    dtype = jnp.dtype(dtype)
+    if dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return dtype, jax.lax.Precision.DEFAULT
+    return jnp.dtype(jnp.float32), jax.lax.Precision.HIGHEST
+
+
+def _chunk_fn(spec: str, precision: jax.lax.PrecisionLike, operand=jnp.float32) -> Callable[..., tuple[Array, Array]]:
     """(w, h [N,c,D], tgt [N,c], temperature) -> (logp, entropy) [N,c], with a hand-written VJP.
 
     Residuals are the chunk's inputs plus two [N, c] vectors, so nothing of size V is saved across
@@ -97,8 +111,10 @@ def _chunk_fn(spec: str, precision: jax.lax.PrecisionLike) -> Callable[..., tupl
         g_z = jnp.exp(logp_all) * (-g_logp[..., None] - g_ent[..., None] * (logp_all + entropy[..., None]))
         g_z = g_z + jnp.where(onehot, g_logp[..., None], 0.0)
         g_z = g_z / temperature
-        g_h = jnp.einsum(f"ncv,{w_spec}->ncd", g_z, w.astype(jnp.float32), precision=precision)
-        g_w = jnp.einsum(f"ncd,ncv->{w_spec}", h.astype(jnp.float32), g_z, precision=precision)
+        g_z = g_z.astype(operand)
+        f32 = jnp.float32
+        g_h = jnp.einsum(f"ncv,{w_spec}->ncd", g_z, w.astype(operand), precision=precision, preferred_element_type=f32)
+        g_w = jnp.einsum(f"ncd,ncv->{w_spec}", h.astype(operand), g_z, precision=precision, preferred_element_type=f32)
         # Temperature is the sampler's constant, not a parameter: no gradient.
         return g_w.astype(w.dtype), g_h.astype(h.dtype), None, jnp.zeros_like(temperature)
 
