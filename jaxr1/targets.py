@@ -176,12 +176,25 @@ def compile_for(fn, args, *, target: str, mesh: jax.sharding.Mesh | None = None,
         devs = _devices_of(args) or target_devices(target, 4 if target == "tpu-v5p" else 1)
         mesh = jax.sharding.Mesh(np.asarray(devs[:1]), ("data",))
     args = tuple(jax.tree.map(lambda a: _with_sharding(a, mesh), args))
-    stack = contextlib.ExitStack()
-    with stack:
+    with compiling_for(target, mesh):
+        return jax.jit(fn, **jit_kwargs).lower(*args).compile()
+
+
+# The platform name each target's programs are lowered for, and the memory a program may use per device
+# (an H100 80GB leaves about 73 GiB to XLA after the CUDA context and its reserve; a v5p chip has 95 GiB).
+PLATFORM = {"cpu": "cpu", "tpu-v5p": "tpu", "h100": "gpu"}
+USABLE_MEMORY_GB = {"tpu-v5p": 95.0, "h100": 73.0}
+
+
+@contextlib.contextmanager
+def compiling_for(target: str, mesh: jax.sharding.Mesh):
+    """Around tracing and compiling programs for `target`: `mesh` is the ambient mesh (jaxr1.ops.attention
+    shard_maps its Pallas kernel over it) and, for h100, jax's cuDNN version query answers for the target."""
+    with contextlib.ExitStack() as stack:
         stack.enter_context(jax.set_mesh(mesh))
         if target == "h100":
             stack.enter_context(_cudnn_version(H100_CUDNN_VERSION))
-        return jax.jit(fn, **jit_kwargs).lower(*args).compile()
+        yield
 
 
 def _devices_of(args) -> list:

@@ -17,6 +17,7 @@ With `DecodeSpec.mesh` the rows are split over the mesh's batch axes (`jaxr1.sam
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import Counter
 
@@ -212,9 +213,11 @@ def sample(graphdef, params, batch: SamplerPrompts, key: jax.Array, *, max_new_t
         raise ValueError(f"max_new_tokens={max_new_tokens} must be in [1, gen_len={spec.gen_len}]")
     CALLS["prefill"] += 1
     CALLS["prefill_rows"] += int(batch.inputs.input_ids.shape[0])
-    state = prefill_fn(graphdef, params, batch, key, max_new_tokens, temperature, top_p, spec=spec)
-    CALLS["decode"] += 1
-    s = decode_fn(graphdef, params, state, spec=spec)
+    # The mesh is ambient while tracing: a Pallas attention kernel shard_maps itself over it (jaxr1.ops).
+    with jax.set_mesh(spec.mesh) if spec.mesh is not None else contextlib.nullcontext():
+        state = prefill_fn(graphdef, params, batch, key, max_new_tokens, temperature, top_p, spec=spec)
+        CALLS["decode"] += 1
+        s = decode_fn(graphdef, params, state, spec=spec)
     del state
     cut = lambda x: x[:, :max_new_tokens]
     return SampleOutput(cut(s.tokens), s.lengths, cut(s.logprobs), cut(s.sampling_logprobs), s.stop_reason)
