@@ -2,11 +2,13 @@
 processor files, and `params/` (an orbax checkpoint of the model's parameters as a plain nested dict)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -97,11 +99,27 @@ def load_model(ckpt_dir: str, dtype: str | None = None):
     return model
 
 
+def _state_tree(state) -> dict:
+    return {"params": state.params, "opt_state": state.opt_state, "step": state.step,
+            "skipped_updates": state.skipped_updates}
+
+
+def _counter(value: int, like):
+    """A counter of an old checkpoint's JSON item, placed as the state's counter `like` is."""
+    sharding = getattr(like, "sharding", None)
+    if sharding is None:
+        return jnp.asarray(value, jnp.int32)
+    from jaxr1.parallel.rules import place
+    return place(np.asarray(value, np.int32), sharding)
+
+
 class TrainCheckpointer:
-    """Training state under `<run_dir>/checkpoints/<step>/`: parameters + optimizer state (orbax, async, written
-    by all hosts) and a JSON item (step, data iterator state, counters). orbax writes each step to a temporary
-    directory and renames it when complete, so a crash mid-save leaves the previous step intact; a step that
-    fails to restore (corrupted) is reported and the one before it is used."""
+    """Training state under `<run_dir>/checkpoints/<step>/`: the LearnerState (parameters, optimizer state,
+    step and skipped-update counters; orbax, async, written by all hosts) and a JSON item (step, data iterator
+    state, eval results). orbax writes each step to a temporary directory and renames it when complete, so a
+    crash mid-save leaves the previous step intact; a step that fails to restore (corrupted) is reported and
+    the one before it is used. Checkpoints of the earlier layout ({params, opt_state}, counters in the JSON
+    item) still restore."""
 
     def __init__(self, run_dir: str, *, keep: int = 2, async_save: bool = True):
         self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
@@ -112,13 +130,29 @@ class TrainCheckpointer:
                                                                  cleanup_tmp_directories=True))
 
     def save(self, step: int, state, meta: dict, *, force: bool = False) -> None:
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+        """state: a LearnerState."""
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)),
                                                         meta=ocp.args.JsonSave(meta)), force=force)
 
+    def _saved_keys(self, step: int) -> set | None:
+        try:
+            return set(self.manager.item_metadata(step)["state"].keys())
+        except Exception:  # noqa: BLE001 - no readable metadata: restore() says what is wrong
+            return None
+
     def restore(self, step: int, abstract_state) -> tuple[int, object, dict]:
+        """(step, LearnerState, meta); abstract_state: a LearnerState giving shapes, dtypes and shardings."""
+        target = _state_tree(abstract_state)
+        legacy = self._saved_keys(step) == {"params", "opt_state"}
+        if legacy:
+            target = {k: target[k] for k in ("params", "opt_state")}
         out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        return step, out["state"], out["meta"]
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        tree, meta = out["state"], out["meta"]
+        if legacy:
+            tree = {**tree, "step": _counter(meta.get("step", step), abstract_state.step),
+                    "skipped_updates": _counter(meta.get("skipped_updates", 0), abstract_state.skipped_updates)}
+        return step, dataclasses.replace(abstract_state, **tree), meta
 
     def delete_after(self, step: int) -> None:
         """Remove checkpoints past `step` (a run resumed from an earlier step replaces them), saying which."""

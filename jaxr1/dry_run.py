@@ -8,7 +8,6 @@ analysis and FLOPs from their cost analysis. On a CPU host it runs on forced hos
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -82,12 +81,16 @@ def _flops(compiled) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def dry_run(cfg, device_memory_gb: float | None = None) -> dict:
+def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> dict:
+    """target: "cpu" (forced host devices), or "h100" / "tpu-v5p": the same programs compiled for that
+    hardware without it (jaxr1.targets), with the attention kernel `model.attention` picks there."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from jaxr1.models import build
+    from jaxr1 import targets
+    from jaxr1.models import build, set_attention
+    from jaxr1.sampling.layout import gathered_param_shardings, prompt_shardings
     from jaxr1.models.qwen2_5_vl.vision_index import next_bucket
     from jaxr1.parallel import make_mesh
     from jaxr1.parallel import check_batch_layout
@@ -99,14 +102,23 @@ def dry_run(cfg, device_memory_gb: float | None = None) -> dict:
 
     t0 = time.time()
     mcfg = model_config(cfg.model.path)
-    mesh = make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor)
+    n_dev = required_devices(cfg.parallel)
+    devices = None if target == "cpu" else targets.target_devices(target, n_dev or 4)
+    mesh = make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor, devices=devices)
     check_batch_layout(cfg.data, cfg.rl, mesh.shape, 1, mcfg)   # one process: data.batch_size is the whole batch here
     abstract_model = nnx.eval_shape(lambda: build(mcfg, cfg.model.param_dtype))
+    attention = cfg.model.attention
+    if target == "cpu" and attention in ("cudnn", "splash"):
+        log.info("model.attention=%s is for its hardware: the cpu dry run compiles xla (--target h100 or "
+                 "tpu-v5p compiles the kernel)", attention)
+        attention = "xla"
+    chosen = set_attention(abstract_model, attention, platform=targets.PLATFORM[target],
+                           dtype=cfg.model.compute_dtype)
     learner = Learner(abstract_model, cfg.rl, cfg.optim, cfg.steps, compute_dtype=cfg.model.compute_dtype,
-                      remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision, mesh=mesh, abstract=True)
-    params = learner.params
+                      remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision, mesh=mesh)
+    learner_state = learner.init(abstract_model, abstract=True)
+    params, opt_state = learner_state.params, learner_state.opt_state
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    opt_state = learner.opt_state
 
     # Shapes of one step: each prompt at the prompt-length bucket with one image of the largest patch count.
     b = cfg.data.batch_size
@@ -136,26 +148,38 @@ def dry_run(cfg, device_memory_gb: float | None = None) -> dict:
     abstract_mb = _shard_abstract(mb, mesh)
     normalizer = compute_loss_normalizer(jnp.ones((rows, Tc)), cfg.rl.loss_aggregation)
 
-    report = {"params": n_params, "mesh": dict(mesh.shape), "devices": mesh.size}
-    log.info("compiling the train step (%d prompts x %d samples, prompt %d + completion %d tokens)",
-             mb_prompts, G, tp, Tc)
-    grads_c = Learner.grads.lower(learner, params, abstract_mb, normalizer).compile()
-    grads_abs = _outputs(grads_c, mesh)[0]
-    apply_c = Learner.apply.lower(learner, params, opt_state, grads_abs).compile()
+    rows_per_device = abstract_mb.completions.sharding.shard_shape(abstract_mb.completions.shape)[0]
+    report = {"params": n_params, "mesh": dict(mesh.shape), "devices": mesh.size, "target": target,
+              "attention": chosen, "rows_per_device": rows_per_device, "rows": rows}
+    log.info("compiling the train step for %s (%d prompts x %d samples, prompt %d + completion %d tokens)",
+             target, mb_prompts, G, tp, Tc)
+    key_dtype = jax.random.key(0).dtype   # on the host's CPU (no array may be made on compile-only devices)
+    with targets.compiling_for(target, mesh):
+        grads_c = Learner.grads.lower(learner, params, abstract_mb, normalizer).compile()
+        grads_abs = _outputs(grads_c, mesh)[0]
+        apply_c = Learner.apply.lower(learner, learner_state, grads_abs).compile()
 
-    log.info("compiling the sampler (%d prompts x %d samples, %d new tokens)", b, G, Tc)
-    spec = make_spec(mcfg, max_new_tokens=Tc, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
-                     top_k=cfg.rl.top_k, num_samples=G, eos_token_ids=mcfg.eos_token_id)
-    s_ids, s_mask, s_pv, s_grids = prompts(b)
-    sbatch = prepare_prompts(mcfg, s_ids, s_mask, s_pv, s_grids, pad_token_id=spec.pad_token_id)
-    sbatch = _shard_abstract(sbatch, mesh)
-    compute = jnp.dtype(cfg.model.compute_dtype)
-    policy = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, compute, sharding=x.sharding), params)
-    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
-    prefill_c = prefill_fn.lower(learner.graphdef, policy, sbatch, key, Tc, cfg.rl.temperature or 1.0,
-                                 cfg.rl.top_p, spec=spec).compile()
-    state = _outputs(prefill_c, mesh)
-    decode_c = decode_fn.lower(learner.graphdef, policy, state, spec=spec).compile()
+        log.info("compiling the sampler (%d prompts x %d samples, %d new tokens)", b, G, Tc)
+        spec = make_spec(mcfg, max_new_tokens=Tc, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
+                         top_k=cfg.rl.top_k, num_samples=G, eos_token_ids=mcfg.eos_token_id, mesh=mesh)
+        s_ids, s_mask, s_pv, s_grids = prompts(b)
+        sbatch = prepare_prompts(mcfg, s_ids, s_mask, s_pv, s_grids, pad_token_id=spec.pad_token_id)
+        sbatch = jax.tree.map(_abstract, sbatch, prompt_shardings(sbatch, mesh))
+        compute = jnp.dtype(cfg.model.compute_dtype)
+        # What generate(mesh=) runs on: the weights cast to the compute dtype and gathered once per rollout.
+        policy = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, compute), params)
+        policy = jax.tree.map(_abstract, policy, gathered_param_shardings(policy, mesh))
+        key = jax.ShapeDtypeStruct((), key_dtype, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        prefill_c = prefill_fn.lower(learner.graphdef, policy, sbatch, key, Tc, cfg.rl.temperature or 1.0,
+                                     cfg.rl.top_p, spec=spec).compile()
+        state = _outputs(prefill_c, mesh)
+        decode_c = decode_fn.lower(learner.graphdef, policy, state, spec=spec).compile()
+    train_text = targets.hlo_text(grads_c)
+    kernel_call = {"splash": "tpu_custom_call", "cudnn": "__cudnn$fmha"}.get(chosen["text"])
+    report["kernel_in_train_step"] = (None if kernel_call is None else
+                                      any(c.startswith(kernel_call) for c in targets.custom_calls(train_text)))
+    loop = targets.loop_body_collectives(targets.hlo_text(decode_c))
+    report["decode_loop_collectives"] = {k: len(v) for k, v in loop.items() if v}
 
     mem = {
         "parameters (master)": _bytes_per_device(params),
@@ -178,13 +202,30 @@ def dry_run(cfg, device_memory_gb: float | None = None) -> dict:
     update_peak = resident + mem["train step: gradients"] + mem["optimizer update: temporaries"]
     peak = max(train_peak, sample_peak, update_peak)
     n_mb = b // mb_prompts
-    flops = {"train step (all micro-batches)": _flops(grads_c) * n_mb * max(cfg.rl.num_iterations, 1),
+    # cost_analysis counts a loop body once (the layer scan, the decode loop): the analytic figures below
+    # count every layer and step.
+    flops = {"train step, cost analysis (loop bodies once)": _flops(grads_c) * n_mb * max(cfg.rl.num_iterations, 1),
              "sampler prefill": _flops(prefill_c), "sampler decode loop (one while-loop body)": _flops(decode_c)}
-    limit = (device_memory_gb or cfg.parallel.device_memory_gb) * GB
+    # A target's usable memory (an H100 80GB leaves ~73 GiB to XLA), unless given on the command line.
+    limit = (device_memory_gb or targets.USABLE_MEMORY_GB.get(target) or cfg.parallel.device_memory_gb) * GB
+    flops["train step, analytic (all layers)"] = _train_flops(mcfg, rows * (tp + Tc), cfg.model.remat) * n_mb * \
+        max(cfg.rl.num_iterations, 1) / mesh.size
+    flops["sampler decode, analytic (all steps)"] = 2.0 * n_params * b * G * Tc / mesh.size
     report.update(memory=mem, peak=peak, limit=limit, fits=peak <= limit, flops=flops,
                   compile_s=time.time() - t0)
     _print(report, cfg)
     return report
+
+
+def _train_flops(mcfg, tokens: int, remat: bool) -> float:
+    """Matmul FLOPs of forward + backward over `tokens` through the text decoder (2 per weight per token
+    forward, 4 backward, 2 more with remat) plus causal attention scores and values (half of T^2)."""
+    t = mcfg.text
+    per_layer = t.hidden_size * (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim + \
+        t.num_attention_heads * t.head_dim * t.hidden_size + 3 * t.hidden_size * t.intermediate_size
+    weights = t.num_hidden_layers * per_layer + t.hidden_size * t.vocab_size
+    passes = 8 if remat else 6
+    return float(passes * weights * tokens)
 
 
 def _on_mesh(sharding, mesh):
@@ -200,7 +241,7 @@ def _outputs(compiled, mesh):
 
 
 def _print(r: dict, cfg) -> None:
-    print(f"dry run: {cfg.model.path}, {r['params'] / 1e9:.3f}B parameters, mesh {r['mesh']} "
+    print(f"dry run for {r['target']}: {cfg.model.path}, {r['params'] / 1e9:.3f}B parameters, mesh {r['mesh']} "
           f"({r['devices']} devices), compute {cfg.model.compute_dtype}, remat {cfg.model.remat}")
     print(f"{'per-device memory':44s} {'GiB':>8s}")
     for k, v in r["memory"].items():
@@ -208,6 +249,10 @@ def _print(r: dict, cfg) -> None:
     print(f"  {'peak (resident + largest phase)':42s} {r['peak'] / GB:8.2f}   limit {r['limit'] / GB:.0f} GiB")
     for k, v in r["flops"].items():
         print(f"  FLOPs per device, {k:34s} {v:.3e}")
+    print(f"  attention: {r['attention']}; fused kernel in the train step: {r['kernel_in_train_step']}")
+    print(f"  micro-batch rows per device: {r['rows_per_device']} of {r['rows']}"
+          f"{' (replicated: every chip computes all)' if r['rows_per_device'] == r['rows'] and r['devices'] > 1 else ''}")
+    print(f"  decode loop body collectives: {r['decode_loop_collectives'] or 'none'}")
     verdict = "fits" if r["fits"] else "does NOT fit"
     print(f"verdict: {verdict} ({r['peak'] / GB:.1f} of {r['limit'] / GB:.0f} GiB per device); "
           f"compiled in {r['compile_s']:.0f}s")

@@ -1,8 +1,10 @@
 """Group-relative advantage estimators (GRPO, Dr. GRPO, RLOO, REINFORCE++), registered by name.
 
 Rewards arrive flat, `[B*G]`, grouped by prompt: rows i*G .. i*G+G-1 are prompt i's G samples
-(the sampler's layout). Every estimator returns one scalar advantage per completion, `[B*G]`,
-which the policy loss broadcasts over that completion's tokens.
+(the sampler's layout). Every estimator has one signature, `fn(rewards [B*G], group_size, **options)
+-> [B*G]`, one scalar advantage per completion which the policy loss broadcasts over its tokens;
+`options` are the `rl.*` config keys it declares when registered. A new estimator is one decorated
+function here: the trainer and config validation read the registry.
 """
 
 from __future__ import annotations
@@ -13,6 +15,18 @@ import jax.numpy as jnp
 
 Array = jnp.ndarray
 Estimator = Callable[..., Array]
+
+ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
+_OPTIONS: dict[str, tuple[str, ...]] = {}   # estimator -> the rl.* config keys passed to it as keywords
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def register_advantage_estimator(name: str, *, options: tuple[str, ...] = ()):
+    def register(fn: Estimator) -> Estimator:
+        ADVANTAGE_ESTIMATORS[name] = fn
+        _OPTIONS[name] = tuple(options)
+        return fn
+    return register
 
 # TRL adds 1e-4 to the std before dividing; matching it keeps our advantages comparable to TRL's.
 DEFAULT_EPS = 1e-4
@@ -34,6 +48,7 @@ def _unbiased_std(x: Array, axis: int | None) -> Array:
     return jnp.sqrt(ss / max(n - 1, 1))
 
 
+@register_advantage_estimator("grpo", options=("scale_rewards",))
 def grpo(
     rewards: Array,
     group_size: int,
@@ -56,10 +71,11 @@ def grpo(
     elif scale_rewards == "none":
         return centered.reshape(-1)
     else:
-        raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_rewards!r}")
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
     return (centered / (std + eps)).reshape(-1)
 
 
+@register_advantage_estimator("dr_grpo")
 def dr_grpo(rewards: Array, group_size: int) -> Array:
     """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): A_i = r_i - mean(group).
 
@@ -69,6 +85,7 @@ def dr_grpo(rewards: Array, group_size: int) -> Array:
     return (g - jnp.mean(g, axis=1, keepdims=True)).reshape(-1)
 
 
+@register_advantage_estimator("rloo")
 def rloo(rewards: Array, group_size: int) -> Array:
     """RLOO (Ahmadian et al. 2024): A_i = r_i - mean of the other G-1 rewards of the group.
 
@@ -82,6 +99,7 @@ def rloo(rewards: Array, group_size: int) -> Array:
     return (g - others_mean).reshape(-1)
 
 
+@register_advantage_estimator("reinforce_pp")
 def reinforce_pp(rewards: Array, group_size: int, *, eps: float = 1e-8) -> Array:
     """REINFORCE++-baseline (Hu et al. 2025; OpenRLHF `reinforce_baseline`), outcome reward only.
 
@@ -95,14 +113,6 @@ def reinforce_pp(rewards: Array, group_size: int, *, eps: float = 1e-8) -> Array
     mean = jnp.mean(a)
     std = jnp.sqrt(jnp.mean(jnp.square(a - mean)))
     return (a - mean) / (std + eps)
-
-
-ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {
-    "grpo": grpo,
-    "dr_grpo": dr_grpo,
-    "rloo": rloo,
-    "reinforce_pp": reinforce_pp,
-}
 
 
 def zero_variance_groups(rewards: Array, group_size: int) -> Array:
@@ -122,13 +132,23 @@ def dynamic_sampling_keep_mask(rewards: Array, group_size: int) -> Array:
     return jnp.repeat(keep, group_size)
 
 
-def compute_advantages(name: str, rewards: Array, group_size: int, **kwargs) -> tuple[Array, dict[str, Array]]:
+def _check(name: str) -> None:
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}; choose from {sorted(ADVANTAGE_ESTIMATORS)}")
+
+
+def advantage_options(name: str, rl) -> dict:
+    """The keyword options estimator `name` declared, read from an RLConfig."""
+    _check(name)
+    return {k: getattr(rl, k) for k in _OPTIONS[name]}
+
+
+def compute_advantages(name: str, rewards: Array, group_size: int, **options) -> tuple[Array, dict[str, Array]]:
     """Runs the estimator registered as `name`; returns (advantages [B*G] float32, metrics).
 
     metrics["zero_std_frac"] is the fraction of groups whose rewards are all equal.
     """
-    if name not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {name!r}; choose from {sorted(ADVANTAGE_ESTIMATORS)}")
-    advantages = ADVANTAGE_ESTIMATORS[name](rewards, group_size, **kwargs)
+    _check(name)
+    advantages = ADVANTAGE_ESTIMATORS[name](rewards, group_size, **options)
     metrics = {"zero_std_frac": jnp.mean(zero_variance_groups(rewards, group_size).astype(jnp.float32))}
     return advantages, metrics

@@ -1,14 +1,17 @@
 """The GRPO learner: optimizer, old/reference log-probs, and the clipped-loss update over micro-batches.
 
-Parameters live as an fp32 (or configured) pytree of nnx.Param values; each jitted function merges them
-with the static graph definition, casts to the compute dtype, and runs the policy forward. Micro-batch
-gradients are summed with a normaliser computed on the whole rollout (see rl.losses), so accumulation gives
-the full-batch gradient. A non-finite gradient skips the update and is counted.
+The learner holds only what does not change over a run (graph definition, shardings, optimizer, schedule);
+everything that does is one pytree, `LearnerState` (parameters, optimizer state, counters), passed in and
+returned, which checkpoints save and restore as a unit. Each jitted function merges the fp32 (or configured)
+parameters with the static graph definition, casts to the compute dtype, and runs the policy forward.
+Micro-batch gradients are summed with a normaliser computed on the whole rollout (see rl.losses), so
+accumulation gives the full-batch gradient. A non-finite gradient skips the update and is counted.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +25,7 @@ from jaxr1.rl.policy import completion_logprobs
 
 
 @jax.tree_util.register_dataclass
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MicroBatch:
     prompt: ModelInputs          # b prompts
     rope_deltas: jax.Array       # [b]
@@ -31,6 +34,15 @@ class MicroBatch:
     advantages: jax.Array        # [b*G]
     old_logprobs: jax.Array | None = None
     ref_logprobs: jax.Array | None = None
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LearnerState:
+    params: Any                  # nnx.State of the model's nnx.Param values (master dtype)
+    opt_state: Any
+    step: jax.Array              # int32 []: GRPO steps completed (the trainer's step, the checkpoint's number)
+    skipped_updates: jax.Array   # int32 []: optimizer updates skipped for a non-finite gradient
 
 
 def make_schedule(cfg: OptimConfig, total_steps: int):
@@ -62,33 +74,47 @@ def _abstract_on(tree, shardings):
 
 class Learner:
     def __init__(self, model: Qwen2_5_VL, rl: RLConfig, optim: OptimConfig, total_steps: int, *,
-                 compute_dtype: str = "float32", remat: bool = False, freeze_vision: bool = False, mesh=None,
-                 abstract: bool = False):
-        """abstract=True (a model from nnx.eval_shape): shapes and shardings only, nothing allocated (dry run)."""
-        self.graphdef, self.params = nnx.split(model, nnx.Param)
+                 compute_dtype: str = "float32", remat: bool = False, freeze_vision: bool = False, mesh=None):
+        """The model gives the graph definition and parameter shapes only; `init(model)` gives the state."""
+        self.graphdef, params = nnx.split(model, nnx.Param)
+        self.model_config = model.config
+        self.mesh = mesh
         # The parameters' shardings, which the gradients are constrained to as well: left to propagation,
         # XLA keeps some gradients (e.g. the embedding's) replicated, an all-reduce where a reduce-scatter
         # does (1.6x the gradient memory per device in the 7B dry run).
         self.param_shardings = None
         if mesh is not None:
-            from jaxr1.parallel.rules import param_shardings, place
-            self.param_shardings = param_shardings(self.params, mesh)
-            self.params = (_abstract_on(self.params, self.param_shardings) if abstract
-                           else place(self.params, self.param_shardings))
+            from jaxr1.parallel.rules import param_shardings
+            self.param_shardings = param_shardings(params, mesh)
         self.rl = rl
         self.compute_dtype = jnp.dtype(compute_dtype)
         self.remat, self.freeze_vision = remat, freeze_vision
-        self.tx, self.schedule = make_optimizer(optim, total_steps, self.params, freeze_vision=freeze_vision)
-        abstract_opt = jax.eval_shape(self.tx.init, self.params)
-        if mesh is None:
-            self.opt_state = abstract_opt if abstract else self.tx.init(self.params)
-        else:
-            # Adam moments sit at the parameters' paths (e.g. .../mu/language_model/layers/q_kernel), so the
-            # same path rules shard them like their parameters; step counters stay replicated.
-            shardings = param_shardings(abstract_opt, mesh)
-            self.opt_state = (_abstract_on(abstract_opt, shardings) if abstract
-                              else jax.jit(self.tx.init, out_shardings=shardings)(self.params))
-        self.skipped_updates = 0
+        self.tx, self.schedule = make_optimizer(optim, total_steps, params, freeze_vision=freeze_vision)
+
+    def init(self, model: Qwen2_5_VL, *, abstract: bool = False) -> LearnerState:
+        """The state at step 0: the model's parameters (placed on the mesh) and a fresh optimizer state.
+        abstract=True (a model from nnx.eval_shape): shapes and shardings only, nothing allocated (dry run)."""
+        params = nnx.state(model, nnx.Param)
+        abstract_opt = jax.eval_shape(self.tx.init, params)
+        counter = jax.ShapeDtypeStruct((), jnp.int32)
+        if self.mesh is None:
+            if abstract:
+                return LearnerState(params, abstract_opt, counter, counter)
+            return LearnerState(params, self.tx.init(params), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from jaxr1.parallel.rules import param_shardings, place
+        # Adam moments sit at the parameters' paths (e.g. .../mu/language_model/layers/q_kernel), so the same
+        # path rules shard them like their parameters; step counters stay replicated.
+        opt_shardings = param_shardings(abstract_opt, self.mesh)
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        if abstract:
+            counter = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+            return LearnerState(_abstract_on(params, self.param_shardings), _abstract_on(abstract_opt, opt_shardings),
+                                counter, counter)
+        params = place(params, self.param_shardings)
+        zero = lambda: place(jnp.zeros((), jnp.int32), replicated)   # two buffers: the update donates both
+        return LearnerState(params, jax.jit(self.tx.init, out_shardings=opt_shardings)(params), zero(), zero())
 
     # ---- pure functions (jitted once per shape) ----
     def _model(self, params) -> Qwen2_5_VL:
@@ -133,42 +159,46 @@ class Learner:
         total = jax.tree.map(jnp.add, total, g)
         return total, {k: metrics_sum[k] + v for k, v in m.items()}, logprobs
 
-    @functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
-    def apply(self, params, opt_state, grads):
+    @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+    def apply(self, state: LearnerState, grads) -> tuple[LearnerState, jax.Array, jax.Array]:
+        """One optimizer update of the (donated) state; a non-finite gradient leaves parameters and optimizer
+        state untouched and counts a skipped update."""
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(grad_norm)
-        updates, new_opt = self.tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        # A non-finite gradient leaves parameters and optimizer state untouched.
+        updates, new_opt = self.tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        return keep(new_params, params), keep(new_opt, opt_state), grad_norm, finite
+        new = dataclasses.replace(state, params=keep(new_params, state.params),
+                                  opt_state=keep(new_opt, state.opt_state),
+                                  skipped_updates=state.skipped_updates + (~finite).astype(jnp.int32))
+        return new, grad_norm, finite
 
     # ---- host-side driver ----
-    def update(self, micro_batches: list[MicroBatch], normalizer) -> dict:
-        """One optimizer step over the micro-batches. A micro-batch without old_logprobs is on-policy (the
-        first pass over a fresh rollout): its ratio is exp(logp - stop_gradient(logp)) = 1 and the log-probs
-        this forward computed become its old_logprobs, saving a separate forward pass."""
+    def update(self, state: LearnerState, micro_batches: list[MicroBatch], normalizer
+               ) -> tuple[LearnerState, dict, list[jax.Array]]:
+        """One optimizer update over the micro-batches: (new state, metrics, each micro-batch's log-probs under
+        the state's parameters). `state`'s buffers are donated: use the returned one. A micro-batch without
+        old_logprobs is on-policy (the first pass over a fresh rollout): its ratio is exp(logp -
+        stop_gradient(logp)) = 1, and the log-probs returned are its old log-probs, saving a forward pass."""
         total = metrics_sum = None
+        logprobs = []
         for mb in micro_batches:
             if total is None:
-                total, metrics_sum, logprobs = self.grads(self.params, mb, normalizer)
+                total, metrics_sum, lp = self.grads(state.params, mb, normalizer)
             else:
-                total, metrics_sum, logprobs = self.accumulate(self.params, mb, normalizer, total, metrics_sum)
-            if mb.old_logprobs is None:
-                mb.old_logprobs = logprobs
-        self.params, self.opt_state, grad_norm, finite = self.apply(self.params, self.opt_state, total)
-        metrics_sum = {k: float(v) for k, v in jax.device_get(metrics_sum).items()}   # one sync, at the end
-        if not bool(finite):
-            self.skipped_updates += 1
-        n = len(micro_batches)
-        out = {k: v / n for k, v in metrics_sum.items() if k not in ("loss", "num_tokens", "num_seqs")}
-        out["loss"] = metrics_sum.get("loss", 0.0)   # normalised over the whole rollout: the sum is the loss
+                total, metrics_sum, lp = self.accumulate(state.params, mb, normalizer, total, metrics_sum)
+            logprobs.append(lp)
+        state, grad_norm, _ = self.apply(state, total)
+        metrics_sum, grad_norm, skipped = jax.device_get((metrics_sum, grad_norm, state.skipped_updates))
+        n = len(micro_batches)   # one host sync, at the end
+        out = {k: float(v) / n for k, v in metrics_sum.items() if k not in ("loss", "num_tokens", "num_seqs")}
+        out["loss"] = float(metrics_sum.get("loss", 0.0))   # normalised over the whole rollout: the sum is the loss
         out["grad_norm"] = float(grad_norm)
-        out["skipped_updates"] = self.skipped_updates
-        return out
+        out["skipped_updates"] = int(skipped)
+        return state, out, logprobs
 
-    def model(self, dtype=None) -> Qwen2_5_VL:
-        """The current policy as a module (parameters shared, cast when dtype is given)."""
+    def model(self, params, dtype=None) -> Qwen2_5_VL:
+        """The policy of `params` as a module (arrays shared, cast when dtype is given)."""
         if dtype is None:
-            return nnx.merge(self.graphdef, self.params)
-        return nnx.merge(self.graphdef, jax.tree.map(lambda x: x.astype(dtype), self.params))
+            return nnx.merge(self.graphdef, params)
+        return nnx.merge(self.graphdef, jax.tree.map(lambda x: x.astype(dtype), params))

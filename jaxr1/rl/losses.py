@@ -14,49 +14,77 @@ sum equals the full-batch gradient. Under jit on a global (sharded) mask the cou
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
-KL_ESTIMATORS = ("k1", "k2", "k3")
 
 # exp() of a log-ratio beyond this is astronomically off-policy; clamping (as verl does) keeps
 # exp finite so the masked-out min() below never meets inf * 0.
 _MAX_LOG_RATIO = 20.0
 
 
-def kl_penalty(logprobs: Array, ref_logprobs: Array, estimator: str = "k3") -> Array:
-    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman, "Approximating KL").
+# ---- KL estimators: name -> per-token estimate of KL(pi || pi_ref) from log_r = ref - logp
+# (Schulman, "Approximating KL"). A new one is one entry here; config validation reads the names.
+def _k3(log_r: Array) -> Array:
+    log_r = jnp.clip(log_r, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    return jnp.expm1(log_r) - log_r
 
-    With log_r = ref - logp: k1 = -log_r (unbiased, high variance, can be negative),
-    k2 = log_r^2 / 2 (biased, low variance), k3 = (r - 1) - log_r (unbiased, >= 0; GRPO / TRL use it).
-    """
-    log_r = ref_logprobs - logprobs
-    if estimator == "k1":
-        return -log_r
-    if estimator == "k2":
-        return 0.5 * jnp.square(log_r)
-    if estimator == "k3":
-        log_r = jnp.clip(log_r, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)
-        return jnp.expm1(log_r) - log_r
-    raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+
+KL_ESTIMATORS: dict[str, Callable[[Array], Array]] = {
+    "k1": lambda log_r: -log_r,                       # unbiased, high variance, can be negative
+    "k2": lambda log_r: 0.5 * jnp.square(log_r),      # biased, low variance
+    "k3": _k3,                                        # (r - 1) - log r: unbiased, >= 0; GRPO / TRL use it
+}
+
+
+def kl_penalty(logprobs: Array, ref_logprobs: Array, estimator: str = "k3") -> Array:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi, by the KL_ESTIMATORS entry `estimator`."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl_estimator must be one of {tuple(KL_ESTIMATORS)}, got {estimator!r}")
+    return KL_ESTIMATORS[estimator](ref_logprobs - logprobs)
+
+
+# ---- loss aggregations: name -> (numerator over rows, normalizer over the whole batch). The loss is
+# numerator / normalizer, so micro-batch numerators add up to the full batch's (see the module docstring).
+class AggregationFns(NamedTuple):
+    numerator: Callable[[Array, Array, int], Array]   # (per-token loss [N, T], mask [N, T], max_tokens) -> []
+    normalizer: Callable[[Array], Array]              # mask [N, T] -> []
+
+
+def _row_sums(per_token: Array, mask: Array) -> Array:
+    return jnp.sum(per_token * mask, axis=-1)
+
+
+def _valid_rows(mask: Array) -> Array:
+    # Rows with no valid token (static-shape padding) are not counted, so they do not dilute the loss.
+    return jnp.sum(jnp.any(mask > 0, axis=-1).astype(jnp.float32))
+
+
+AGGREGATIONS: dict[str, AggregationFns] = {
+    # sum over valid tokens / valid tokens (DAPO token-level loss)
+    "token_mean": AggregationFns(lambda x, m, _: jnp.sum(_row_sums(x, m)), jnp.sum),
+    # per-row token mean, averaged over rows (original GRPO)
+    "seq_mean_token_mean": AggregationFns(
+        lambda x, m, _: jnp.sum(_row_sums(x, m) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)), _valid_rows),
+    # per-row token sum / max_tokens, averaged over rows (Dr. GRPO's constant normaliser)
+    "seq_mean_token_sum_norm": AggregationFns(lambda x, m, max_tokens: jnp.sum(_row_sums(x, m)) / float(max_tokens),
+                                              _valid_rows),
+}
+
+
+def _aggregation(name: str) -> AggregationFns:
+    if name not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {tuple(AGGREGATIONS)}, got {name!r}")
+    return AGGREGATIONS[name]
 
 
 def compute_loss_normalizer(mask: Array, aggregation: Aggregation) -> Array:
-    """The denominator `policy_loss` divides by: valid tokens (token_mean) or non-empty rows (seq_*).
-
-    Rows with no valid token (static-shape padding) are not counted, so they do not dilute the loss.
-    """
-    mask = jnp.asarray(mask, jnp.float32)
-    if aggregation == "token_mean":
-        return jnp.sum(mask)
-    if aggregation in ("seq_mean_token_mean", "seq_mean_token_sum_norm"):
-        return jnp.sum(jnp.any(mask > 0, axis=-1).astype(jnp.float32))
-    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    """The denominator `policy_loss` divides by: valid tokens (token_mean) or non-empty rows (seq_*)."""
+    return _aggregation(aggregation).normalizer(jnp.asarray(mask, jnp.float32))
 
 
 def _masked_mean(x: Array, mask: Array) -> Array:
@@ -111,8 +139,7 @@ def policy_loss(
     ratio_mean, kl (only when ref_logprobs is given), num_tokens, num_seqs (for weighting across
     micro-batches).
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    agg = _aggregation(aggregation)
     mask = jnp.asarray(mask, jnp.float32)
     valid = mask > 0
     # Zero out masked positions first: jnp.where also zeroes their gradient, and padding values
@@ -139,15 +166,9 @@ def policy_loss(
         raise ValueError("beta != 0 needs ref_logprobs")
 
     row_tokens = jnp.sum(mask, axis=-1)
-    row_sum = jnp.sum(per_token * mask, axis=-1)
-    if aggregation == "token_mean":
-        numerator = jnp.sum(row_sum)
-    elif aggregation == "seq_mean_token_mean":
-        numerator = jnp.sum(row_sum / jnp.maximum(row_tokens, 1.0))
-    else:
-        numerator = jnp.sum(row_sum) / float(max_tokens if max_tokens is not None else mask.shape[-1])
+    numerator = agg.numerator(per_token, mask, max_tokens if max_tokens is not None else mask.shape[-1])
     if loss_normalizer is None:
-        loss_normalizer = compute_loss_normalizer(mask, aggregation)
+        loss_normalizer = agg.normalizer(mask)
     # An all-padding batch gives 0 / 1 = 0 rather than 0 / 0.
     loss = numerator / jnp.maximum(jnp.asarray(loss_normalizer, jnp.float32), 1.0)
 

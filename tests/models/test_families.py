@@ -50,12 +50,25 @@ def test_unknown_model_type_is_a_user_error(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
-def test_family_trains_two_steps_with_no_sampler_trainer_gap(tmp_path, family):
+def test_family_trains_resumes_and_evaluates(tmp_path, family, capsys):
+    """Per family, through the same code as Qwen2.5-VL: two steps with no sampler/trainer gap, a rerun with
+    steps=3 that resumes from the step-2 checkpoint, and `jaxr1.eval` of the run directory."""
+    from jaxr1.eval import main as eval_main
     from jaxr1.train import main
     out = str(tmp_path / "run")
-    assert main([f"model.path=tiny-{family.replace('_', '-')}", "steps=2", "data.batch_size=2", "rl.num_generations=4",
-                 "rl.max_completion_length=8", "data.num_eval=4", "eval.batch_size=4", f"output_dir={out}"]) == 0
+    args = [f"model.path=tiny-{family.replace('_', '-')}", "data.batch_size=2", "rl.num_generations=4",
+            "rl.max_completion_length=8", "data.num_eval=4", "eval.batch_size=4", f"output_dir={out}"]
+    assert main([*args, "steps=2"]) == 0
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     gaps = [r["rl/sampler_trainer_logprob_gap_max"] for r in rows if "rl/sampler_trainer_logprob_gap_max" in r]
     assert len(gaps) == 2 and max(gaps) < 1e-4     # fp32: sampler and trainer compute the same log-probs
     assert json.load(open(os.path.join(out, "hf", "config.json")))["model_type"] == family
+
+    assert main([*args, "steps=3"]) == 0           # resume=auto: continues the compatible run from step 2
+    steps = [json.loads(l)["step"] for l in open(os.path.join(out, "metrics.jsonl"))]
+    assert steps.count(1) == 1 and steps.count(2) == 1 and 3 in steps, steps
+    capsys.readouterr()
+    assert eval_main(["--model", out]) == 0
+    report = capsys.readouterr().out
+    after = [json.loads(l)["correct"] for l in open(os.path.join(out, "eval_after.jsonl"))]
+    assert json.loads(report[report.index("{"):])["accuracy"] == pytest.approx(np.mean(after))

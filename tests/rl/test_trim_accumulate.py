@@ -57,12 +57,13 @@ def micro_batches(cfg, model, batch, tokens, lengths, t, n_mb):
 def test_trimmed_step_equals_padded_step(setup):
     from jaxr1.rl.losses import compute_loss_normalizer
     cfg, model, Learner, batch, tokens, lengths = setup
-    learner = Learner(fresh(model), cfg.rl, cfg.optim, 10)
+    learner = Learner(model, cfg.rl, cfg.optim, 10)
+    params = learner.init(fresh(model)).params
     results = []
     for t in (TC, trimmed_length(lengths, TC)):
         (mb,), mask = micro_batches(cfg, model, batch, tokens, lengths, t, 1)
         norm = float(compute_loss_normalizer(mask, cfg.rl.loss_aggregation))
-        g, m, logp = learner.grads(learner.params, mb, norm)
+        g, m, logp = learner.grads(params, mb, norm)
         results.append((jax.device_get(g), float(m["loss"]), np.asarray(logp)[:, :24] * mask[:, :24]))
     (g_full, loss_full, lp_full), (g_cut, loss_cut, lp_cut) = results
     assert trimmed_length(lengths, TC) == 24
@@ -77,24 +78,26 @@ def test_accumulated_micro_batches_equal_the_full_batch(setup):
     # reassociation of a sum in split order for near-zero gradients.
     from jaxr1.rl.losses import compute_loss_normalizer
     cfg, model, Learner, batch, tokens, lengths = setup
-    learner = Learner(fresh(model), cfg.rl, cfg.optim, 10)
+    learner = Learner(model, cfg.rl, cfg.optim, 10)
+    state = learner.init(fresh(model))
     (full,), mask = micro_batches(cfg, model, batch, tokens, lengths, 24, 1)
     halves, _ = micro_batches(cfg, model, batch, tokens, lengths, 24, 2)
     norm = float(compute_loss_normalizer(mask, cfg.rl.loss_aggregation))
-    g_full, m_full, _ = learner.grads(learner.params, full, norm)
-    g, m, _ = learner.grads(learner.params, halves[0], norm)
-    g, m, _ = learner.accumulate(learner.params, halves[1], norm, g, m)
+    g_full, m_full, _ = learner.grads(state.params, full, norm)
+    g, m, _ = learner.grads(state.params, halves[0], norm)
+    g, m, _ = learner.accumulate(state.params, halves[1], norm, g, m)
     assert float(m["loss"]) == pytest.approx(float(m_full["loss"]), rel=1e-5)
     for a, b in zip(jax.tree.leaves(jax.device_get(g_full)), jax.tree.leaves(jax.device_get(g))):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * np.abs(a).max())
-    out = learner.update(halves, norm)          # the driver: sums on the device, one host sync
+    _, out, _ = learner.update(state, halves, norm)   # the driver: sums on the device, one host sync
     assert out["loss"] == pytest.approx(float(m_full["loss"]), rel=1e-5) and np.isfinite(out["grad_norm"])
 
 
 def test_compilations_follow_buckets_not_steps(setup):
     from jaxr1.rl.losses import compute_loss_normalizer
     cfg, model, Learner, batch, tokens, _ = setup
-    learner = Learner(fresh(model), cfg.rl, cfg.optim, 10)
+    learner = Learner(model, cfg.rl, cfg.optim, 10)
+    params = learner.init(fresh(model)).params
     before = Learner.grads._cache_size()
     seen = set()
     for longest in (3, 9, 14, 17, 22, 30, 40, 47, 60, 64, 5, 33):   # twelve steps of varying lengths
@@ -102,6 +105,6 @@ def test_compilations_follow_buckets_not_steps(setup):
         t = trimmed_length(lengths, TC)
         seen.add(t)
         (mb,), mask = micro_batches(cfg, model, batch, tokens, lengths, t, 1)
-        learner.grads(learner.params, mb, float(compute_loss_normalizer(mask, cfg.rl.loss_aggregation)))
+        learner.grads(params, mb, float(compute_loss_normalizer(mask, cfg.rl.loss_aggregation)))
     assert seen == {16, 24, 32, 48, 64}
     assert Learner.grads._cache_size() - before == len(seen)

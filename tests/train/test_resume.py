@@ -94,8 +94,7 @@ def _abstract_state():
     from jaxr1.loading import load_policy
     cfg = load_config(None, ARGS)
     model, *_ = load_policy(cfg.model)
-    learner = Learner(model, cfg.rl, cfg.optim, 10)
-    return {"params": learner.params, "opt_state": learner.opt_state}
+    return Learner(model, cfg.rl, cfg.optim, 10).init(model)
 
 
 def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
