@@ -105,7 +105,10 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     n_dev = required_devices(cfg.parallel)
     devices = None if target == "cpu" else targets.target_devices(target, n_dev or 4)
     mesh = make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor, devices=devices)
-    check_batch_layout(cfg.data, cfg.rl, mesh.shape, 1, mcfg)   # one process: data.batch_size is the whole batch here
+    # data.batch_size is per host: a target's slice has mesh.size / chips-per-host hosts (the cpu dry run is
+    # one process, so there it is the whole batch).
+    hosts = max(1, mesh.size // targets.CHIPS_PER_HOST[target]) if target in targets.CHIPS_PER_HOST else 1
+    check_batch_layout(cfg.data, cfg.rl, mesh.shape, hosts, mcfg)
     abstract_model = nnx.eval_shape(lambda: build(mcfg, cfg.model.param_dtype))
     attention = cfg.model.attention
     if target == "cpu" and attention in ("cudnn", "splash"):
@@ -121,7 +124,7 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
     # Shapes of one step: each prompt at the prompt-length bucket with one image of the largest patch count.
-    b = cfg.data.batch_size
+    b = cfg.data.batch_size * hosts   # the global batch: the sampler runs on every host's prompts
     mb_prompts = cfg.rl.micro_batch_prompts or b
     G, Tc = cfg.rl.num_generations, cfg.rl.max_completion_length
     max_pixels = cfg.data.max_pixels or 401408
@@ -149,7 +152,7 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     normalizer = compute_loss_normalizer(jnp.ones((rows, Tc)), cfg.rl.loss_aggregation)
 
     rows_per_device = abstract_mb.completions.sharding.shard_shape(abstract_mb.completions.shape)[0]
-    report = {"params": n_params, "mesh": dict(mesh.shape), "devices": mesh.size, "target": target,
+    report = {"params": n_params, "mesh": dict(mesh.shape), "devices": mesh.size, "target": target, "hosts": hosts,
               "attention": chosen, "rows_per_device": rows_per_device, "rows": rows}
     log.info("compiling the train step for %s (%d prompts x %d samples, prompt %d + completion %d tokens)",
              target, mb_prompts, G, tp, Tc)
@@ -242,7 +245,7 @@ def _outputs(compiled, mesh):
 
 def _print(r: dict, cfg) -> None:
     print(f"dry run for {r['target']}: {cfg.model.path}, {r['params'] / 1e9:.3f}B parameters, mesh {r['mesh']} "
-          f"({r['devices']} devices), compute {cfg.model.compute_dtype}, remat {cfg.model.remat}")
+          f"({r['devices']} devices, {r['hosts']} host(s)), compute {cfg.model.compute_dtype}, remat {cfg.model.remat}")
     print(f"{'per-device memory':44s} {'GiB':>8s}")
     for k, v in r["memory"].items():
         print(f"  {k:42s} {v / GB:8.2f}")

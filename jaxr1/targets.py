@@ -184,6 +184,7 @@ def compile_for(fn, args, *, target: str, mesh: jax.sharding.Mesh | None = None,
 # (an H100 80GB leaves about 73 GiB to XLA after the CUDA context and its reserve; a v5p chip has 95 GiB).
 PLATFORM = {"cpu": "cpu", "tpu-v5p": "tpu", "h100": "gpu"}
 USABLE_MEMORY_GB = {"tpu-v5p": 95.0, "h100": 73.0}
+CHIPS_PER_HOST = {"tpu-v5p": 4, "h100": 8}   # a v5p VM host has 4 chips; an H100 node 8 GPUs
 
 
 @contextlib.contextmanager

@@ -19,7 +19,8 @@ import optax
 from flax import nnx
 
 from jaxr1.config import OptimConfig, RLConfig
-from jaxr1.models.qwen2_5_vl import ModelInputs, Qwen2_5_VL
+from jaxr1.models.qwen2_5_vl import ModelInputs
+from jaxr1.models.qwen2_5_vl.model import VisionLanguageModel
 from jaxr1.rl.losses import policy_loss
 from jaxr1.rl.policy import completion_logprobs
 
@@ -73,7 +74,7 @@ def _abstract_on(tree, shardings):
 
 
 class Learner:
-    def __init__(self, model: Qwen2_5_VL, rl: RLConfig, optim: OptimConfig, total_steps: int, *,
+    def __init__(self, model: VisionLanguageModel, rl: RLConfig, optim: OptimConfig, total_steps: int, *,
                  compute_dtype: str = "float32", remat: bool = False, freeze_vision: bool = False, mesh=None):
         """The model gives the graph definition and parameter shapes only; `init(model)` gives the state."""
         self.graphdef, params = nnx.split(model, nnx.Param)
@@ -91,7 +92,7 @@ class Learner:
         self.remat, self.freeze_vision = remat, freeze_vision
         self.tx, self.schedule = make_optimizer(optim, total_steps, params, freeze_vision=freeze_vision)
 
-    def init(self, model: Qwen2_5_VL, *, abstract: bool = False) -> LearnerState:
+    def init(self, model: VisionLanguageModel, *, abstract: bool = False) -> LearnerState:
         """The state at step 0: the model's parameters (placed on the mesh) and a fresh optimizer state.
         abstract=True (a model from nnx.eval_shape): shapes and shardings only, nothing allocated (dry run)."""
         params = nnx.state(model, nnx.Param)
@@ -117,7 +118,7 @@ class Learner:
         return LearnerState(params, jax.jit(self.tx.init, out_shardings=opt_shardings)(params), zero(), zero())
 
     # ---- pure functions (jitted once per shape) ----
-    def _model(self, params) -> Qwen2_5_VL:
+    def _model(self, params) -> VisionLanguageModel:
         cast = jax.tree.map(lambda x: x.astype(self.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                             params)
         return nnx.merge(self.graphdef, cast)
@@ -197,7 +198,7 @@ class Learner:
         out["skipped_updates"] = int(skipped)
         return state, out, logprobs
 
-    def model(self, params, dtype=None) -> Qwen2_5_VL:
+    def model(self, params, dtype=None) -> VisionLanguageModel:
         """The policy of `params` as a module (arrays shared, cast when dtype is given)."""
         if dtype is None:
             return nnx.merge(self.graphdef, params)

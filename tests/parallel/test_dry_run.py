@@ -40,3 +40,32 @@ def test_qwen2_vl_2b_recipe_fits_8_h100():
     print(out)
     assert rc == 0 and "verdict: fits" in out and peak < 80
     assert "2.209B parameters" in out and "'fsdp': 8" in out
+
+
+def _target_run(config, target, *extra):
+    rc, peak, out = _dry_run("--config", config, "--target", target, *extra)
+    print(out)
+    return rc, peak, out
+
+
+@pytest.mark.slow
+def test_3b_config_compiles_for_h100_with_cudnn_and_fits():
+    rc, peak, out = _target_run("configs/qwen2_5_vl_3b_geoqa.yaml", "h100")
+    assert rc == 0 and "dry run for h100" in out and "verdict: fits" in out and "limit 73 GiB" in out
+    assert "'text': 'cudnn'" in out and "fused kernel in the train step: True" in out
+    assert "micro-batch rows per device: 2 of 16" in out and "decode loop body collectives: none" in out
+
+
+@pytest.mark.slow
+def test_7b_v5p32_config_compiles_for_tpu_with_splash_and_fits():
+    rc, peak, out = _target_run("configs/qwen2_5_vl_7b_multimodal_open_r1_v5p32.yaml", "tpu-v5p")
+    assert rc == 0 and "dry run for tpu-v5p" in out and "verdict: fits" in out
+    assert "'text': 'splash'" in out and "fused kernel in the train step: True" in out
+    assert "(replicated" not in out and "decode loop body collectives: none" in out
+
+
+@pytest.mark.slow
+def test_qwen3_vl_4b_recipe_compiles_for_h100_and_fits():
+    rc, peak, out = _target_run("configs/qwen3_vl_4b_clevr_count.yaml", "h100")
+    assert rc == 0 and "verdict: fits" in out and "4.438B parameters" in out
+    assert "'text': 'cudnn'" in out and "fused kernel in the train step: True" in out
