@@ -105,11 +105,7 @@ def vision_attention(h: jax.Array, p: dict[str, jax.Array], cos: jax.Array, sin:
     # transformers applies the vision rotary in float32 and casts back.
     q = apply_rope(q.astype(jnp.float32), cos, sin).astype(dtype)
     k = apply_rope(k.astype(jnp.float32), cos, sin).astype(dtype)
-    if implementation == "xla":
-        mask = (segments[:, :, None] == segments[:, None, :]) & (segments > 0)[:, None, :]
-        o = attention(q, k, v, mask)
-    else:
-        o = attention(q, k, v, q_segment_ids=segments, kv_segment_ids=segments, implementation=implementation)
+    o = attention(q, k, v, q_segment_ids=segments, kv_segment_ids=segments, implementation=implementation)
     o = o.reshape(s, n, heads * hd)
     return linear(o, p["proj_kernel"], p["proj_bias"])
 
