@@ -56,8 +56,17 @@ def load_train_checkpoint(step_dir: str, dtype: str | None = None):
         raise CheckpointError(f"{step_dir}: a training checkpoint without its run's {RUN_MODEL_FILES}/config.json "
                               f"(expected at {files}); it was written by an older jaxr1: export it from the same "
                               f"run directory's checkpoint/ instead")
-    model = _abstract_model(files, dtype)
-    abstract = nnx.state(model, nnx.Param)
+    lora_cfg = _run_lora(os.path.dirname(os.path.dirname(step_dir)))
+    if lora_cfg:
+        # A LoRA run checkpoints its adapters only: the base is the run's model.path, loaded again.
+        from jaxr1.loading import load_model_dir, resolve_model_dir
+        from jaxr1.models.lora import LoRAParam, add_lora
+        base = load_model_dir(resolve_model_dir(lora_cfg["base"]), dtype)
+        model = add_lora(base, rank=lora_cfg["rank"], alpha=lora_cfg["alpha"], target=lora_cfg["target"])
+        abstract = nnx.state(model, LoRAParam)
+    else:
+        model = _abstract_model(files, dtype)
+        abstract = nnx.state(model, nnx.Param)
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])   # saved sharded; restored whole, on one device
     target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract)}
     with ocp.PyTreeCheckpointer() as ckptr:
@@ -65,7 +74,26 @@ def load_train_checkpoint(step_dir: str, dtype: str | None = None):
                                  args=ocp.args.PyTreeRestore(target, partial_restore=True,
                                                              restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
     nnx.update(model, jax.tree.map(lambda x, ref: jnp.asarray(x, ref.dtype), restored["params"], target["params"]))
+    if lora_cfg:
+        from jaxr1.models.lora import merge_adapters
+        return merge_adapters(model)
     return model
+
+
+def _run_lora(run_dir: str) -> dict | None:
+    """{rank, alpha, target, base} of a LoRA run (from its config.yaml), or None."""
+    import yaml
+
+    from jaxr1.loading import RUN_CONFIG
+    path = os.path.join(run_dir, RUN_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    lora = cfg.get("lora") or {}
+    if not lora.get("rank"):
+        return None
+    return {**lora, "base": cfg.get("model", {}).get("path", "tiny")}
 
 
 def _abstract_model(model_dir: str, dtype: str | None):

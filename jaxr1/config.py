@@ -13,6 +13,7 @@ import typing
 from typing import Any
 
 from jaxr1.data.config import DataConfig
+from jaxr1.models.lora import DEFAULT_TARGET as LORA_TARGET
 from jaxr1.errors import UserError
 
 import yaml
@@ -26,6 +27,18 @@ class ModelConfig:
     freeze_vision: bool = False
     remat: bool = False                # rematerialise each layer in the backward pass
     attention: str = "auto"            # auto (splash on TPU, cudnn on GPU in bf16, xla on CPU) | xla | splash | cudnn
+
+
+@dataclasses.dataclass
+class LoraConfig:
+    # rank 0: full fine-tuning. rank > 0: only adapters train; the base stays frozen in the compute dtype and
+    # the KL reference (rl.beta > 0) is the base itself (the adapter off), so it costs no second model.
+    rank: int = 0
+    alpha: float = 16.0                  # scale alpha / rank (PEFT's lora_alpha)
+    dropout: float = 0.0                 # only 0: see validate()
+    # regex over parameter paths (language_model/layers/q_kernel, visual/blocks/qkv_kernel, ...); the default
+    # is the text decoder's attention and MLP projections. Add "|visual/blocks/\w+_kernel" for the vision tower.
+    target: str = LORA_TARGET
 
 
 @dataclasses.dataclass
@@ -59,6 +72,7 @@ class RLConfig:
     max_refill_rounds: int = 3
     logprob_chunk: int = 128
     trim_completions: bool = True         # train on completions cut to the step's longest (bucketed); false: pad to max
+    shared_prompt: bool = True            # each prompt once through the decoder for its G completions; false: repeat it
 
 
 @dataclasses.dataclass
@@ -126,6 +140,7 @@ class LoggingConfig:
 @dataclasses.dataclass
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(path="synthetic:counting"))
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     rl: RLConfig = dataclasses.field(default_factory=RLConfig)
@@ -270,6 +285,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError("rl.num_generations, data.batch_size and rl.max_completion_length must be >= 1")
     if not (cfg.resume in ("auto", "never", "force") or isinstance(cfg.resume, int) and cfg.resume >= 0):
         raise ConfigError(f"resume={cfg.resume!r}: expected auto, never, force or a checkpoint step")
+    if cfg.lora.rank < 0:
+        raise ConfigError(f"lora.rank={cfg.lora.rank}: must be >= 0 (0 = full fine-tuning)")
+    if cfg.lora.dropout != 0.0:
+        # GRPO's ratio compares the update's log-probs with the sampler's (taken without dropout): dropout
+        # noise would move it off 1 on-policy and shows up as clipping, so adapters train without it.
+        raise ConfigError(f"lora.dropout={cfg.lora.dropout}: only 0.0 is supported (dropout perturbs the "
+                          f"importance ratio against the sampler's log-probs); set lora.dropout=0")
+    if cfg.lora.rank:
+        import re
+        try:
+            re.compile(cfg.lora.target)
+        except re.error as e:
+            raise ConfigError(f"lora.target={cfg.lora.target!r}: not a regular expression ({e})") from None
     mb = cfg.rl.micro_batch_prompts
     if mb and cfg.data.batch_size % mb:
         raise ConfigError(f"rl.micro_batch_prompts={mb} must divide data.batch_size={cfg.data.batch_size}")

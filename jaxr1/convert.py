@@ -1,8 +1,10 @@
-"""python -m jaxr1.convert from-hf HF_DIR OUT_DIR | to-hf CKPT_DIR OUT_DIR
+"""python -m jaxr1.convert from-hf HF_DIR OUT_DIR | to-hf CKPT_DIR OUT_DIR | merge-lora BASE ADAPTER_DIR OUT_DIR
 
 from-hf: an HF Qwen2.5-VL directory -> a jaxr1 (orbax) model checkpoint, tokenizer files alongside.
 to-hf:   a jaxr1 checkpoint (a model checkpoint, a training checkpoint RUN/checkpoints/STEP, or a run directory:
          its newest) -> an HF directory that transformers' from_pretrained loads.
+merge-lora: a base model (HF directory, jaxr1 checkpoint or run) + a PEFT LoRA adapter directory (RUN/adapter,
+         or one PEFT wrote for this base) -> an HF directory with W + (alpha / r) A B in every adapted kernel.
 """
 from __future__ import annotations
 
@@ -23,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("src")
     b.add_argument("out")
     b.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    c = sub.add_parser("merge-lora", help="base model + PEFT LoRA adapter -> merged HF directory")
+    c.add_argument("src", help="the adapter's base model")
+    c.add_argument("adapter", help="PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
+    c.add_argument("out")
+    c.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="of the merged weights (default: float32 for an HF base, else as saved)")
     args = ap.parse_args(argv)
 
     import jax
@@ -41,6 +49,16 @@ def _convert(args) -> int:
     if args.cmd == "from-hf":
         model = load_hf(src, dtype=args.dtype)
         save_model(model, args.out, source_dir=src)
+    elif args.cmd == "merge-lora":
+        from jaxr1.errors import UserError
+        from jaxr1.loading import load_model_dir
+        from jaxr1.models.lora import merge_adapters
+        from jaxr1.models.peft import is_adapter_dir, load_peft_adapter
+        if not is_adapter_dir(args.adapter):
+            raise UserError(f"{args.adapter}: not a PEFT adapter directory (no adapter_config.json)")
+        # W + s A B is formed in float32 and cast to the kernel's dtype (the same as merging a float32 copy).
+        model = merge_adapters(load_peft_adapter(load_model_dir(src, args.dtype), args.adapter))
+        save_hf(model, args.out, source_dir=processor_dir(src))
     else:   # a model checkpoint, a training checkpoint (RUN/checkpoints/STEP) or a run directory (its newest)
         model = load_model(src, dtype=args.dtype)
         save_hf(model, args.out, source_dir=processor_dir(src))

@@ -109,7 +109,13 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     # one process, so there it is the whole batch).
     hosts = max(1, mesh.size // targets.CHIPS_PER_HOST[target]) if target in targets.CHIPS_PER_HOST else 1
     check_batch_layout(cfg.data, cfg.rl, mesh.shape, hosts, mcfg)
-    abstract_model = nnx.eval_shape(lambda: build(mcfg, cfg.model.param_dtype))
+    def build_policy():
+        model = build(mcfg, cfg.model.param_dtype)
+        if cfg.lora.rank:
+            from jaxr1.models.lora import add_lora
+            model = add_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target=cfg.lora.target)
+        return model
+    abstract_model = nnx.eval_shape(build_policy)
     attention = cfg.model.attention
     if target == "cpu" and attention in ("cudnn", "splash"):
         log.info("model.attention=%s is for its hardware: the cpu dry run compiles xla (--target h100 or "
@@ -152,13 +158,14 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     normalizer = compute_loss_normalizer(jnp.ones((rows, Tc)), cfg.rl.loss_aggregation)
 
     rows_per_device = abstract_mb.completions.sharding.shard_shape(abstract_mb.completions.shape)[0]
-    report = {"params": n_params, "mesh": dict(mesh.shape), "devices": mesh.size, "target": target, "hosts": hosts,
+    n_total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract_model)))
+    report = {"params": n_total, "trainable": n_params, "lora_rank": cfg.lora.rank, "mesh": dict(mesh.shape), "devices": mesh.size, "target": target, "hosts": hosts,
               "attention": chosen, "rows_per_device": rows_per_device, "rows": rows}
     log.info("compiling the train step for %s (%d prompts x %d samples, prompt %d + completion %d tokens)",
              target, mb_prompts, G, tp, Tc)
     key_dtype = jax.random.key(0).dtype   # on the host's CPU (no array may be made on compile-only devices)
     with targets.compiling_for(target, mesh):
-        grads_c = Learner.grads.lower(learner, params, abstract_mb, normalizer).compile()
+        grads_c = Learner.grads_fn.lower(learner, params, learner.frozen, abstract_mb, normalizer).compile()
         grads_abs = _outputs(grads_c, mesh)[0]
         apply_c = Learner.apply.lower(learner, learner_state, grads_abs).compile()
 
@@ -169,14 +176,16 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
         sbatch = prepare_prompts(mcfg, s_ids, s_mask, s_pv, s_grids, pad_token_id=spec.pad_token_id)
         sbatch = jax.tree.map(_abstract, sbatch, prompt_shardings(sbatch, mesh))
         compute = jnp.dtype(cfg.model.compute_dtype)
-        # What generate(mesh=) runs on: the weights cast to the compute dtype and gathered once per rollout.
-        policy = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, compute), params)
+        # What generate(mesh=) runs on: the weights (with LoRA: base + adapters, applied unmerged) cast to the
+        # compute dtype and gathered once per rollout.
+        sampler_graphdef, policy = nnx.split(abstract_model)
+        policy = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, compute), policy)
         policy = jax.tree.map(_abstract, policy, gathered_param_shardings(policy, mesh))
         key = jax.ShapeDtypeStruct((), key_dtype, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-        prefill_c = prefill_fn.lower(learner.graphdef, policy, sbatch, key, Tc, cfg.rl.temperature or 1.0,
+        prefill_c = prefill_fn.lower(sampler_graphdef, policy, sbatch, key, Tc, cfg.rl.temperature or 1.0,
                                      cfg.rl.top_p, spec=spec).compile()
         state = _outputs(prefill_c, mesh)
-        decode_c = decode_fn.lower(learner.graphdef, policy, state, spec=spec).compile()
+        decode_c = decode_fn.lower(sampler_graphdef, policy, state, spec=spec).compile()
     train_text = targets.hlo_text(grads_c)
     kernel_call = {"splash": "tpu_custom_call", "cudnn": "__cudnn$fmha"}.get(chosen["text"])
     report["kernel_in_train_step"] = (None if kernel_call is None else
@@ -184,50 +193,62 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     loop = targets.loop_body_collectives(targets.hlo_text(decode_c))
     report["decode_loop_collectives"] = {k: len(v) for k, v in loop.items() if v}
 
+    n_mb = b // mb_prompts
     mem = {
-        "parameters (master)": _bytes_per_device(params),
+        "parameters (master)" if not learner.lora else "LoRA adapters (master)": _bytes_per_device(params),
+        "frozen base (compute dtype)": _bytes_per_device(learner.frozen) if learner.lora else 0,
         "optimizer state": _bytes_per_device(opt_state),
+        # LoRA: the reference is the base with zero adapters (adapter-sized), not a second model
         "reference model": _bytes_per_device(params) if cfg.rl.beta > 0 else 0,
     }
     train_m, apply_m = _memory(grads_c), _memory(apply_c)
     prefill_m, decode_m = _memory(prefill_c), _memory(decode_c)
     mem["train step: activations/temporaries"] = train_m.get("temp", 0)
-    mem["train step: gradients"] = train_m.get("output", 0)
+    # With several micro-batches the running sum and the next micro-batch's gradients are both live.
+    mem["train step: gradients" + (" (x2: accumulating)" if n_mb > 1 else "")] = \
+        train_m.get("output", 0) * (2 if n_mb > 1 else 1)
     mem["optimizer update: temporaries"] = apply_m.get("temp", 0)
-    mem["sampler: weights in compute dtype"] = _bytes_per_device(policy) if compute != jnp.dtype(
-        cfg.model.param_dtype) else 0
+    # The sampler's copy: a gather of fsdp-sharded weights copies them all; else only the cast of the
+    # trainable parameters to the compute dtype does (a LoRA base is stored in it already).
+    cast = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, compute, sharding=x.sharding), params)
+    mem["sampler: weights in compute dtype"] = _bytes_per_device(policy) if mesh.shape["fsdp"] > 1 else (
+        _bytes_per_device(cast) if compute != jnp.dtype(cfg.model.param_dtype) else 0)
     mem["sampler: KV cache + state"] = _bytes_per_device(state)
     mem["sampler: temporaries"] = max(prefill_m.get("temp", 0), decode_m.get("temp", 0))
-    resident = mem["parameters (master)"] + mem["optimizer state"] + mem["reference model"]
-    train_peak = resident + mem["train step: activations/temporaries"] + mem["train step: gradients"]
+    grads_mem = next(v for k, v in mem.items() if k.startswith("train step: gradients"))
+    resident = sum(v for k, v in list(mem.items())[:4])
+    train_peak = resident + mem["train step: activations/temporaries"] + grads_mem
     sample_peak = resident + mem["sampler: weights in compute dtype"] + mem["sampler: KV cache + state"] + \
         mem["sampler: temporaries"]
-    update_peak = resident + mem["train step: gradients"] + mem["optimizer update: temporaries"]
+    update_peak = resident + train_m.get("output", 0) + mem["optimizer update: temporaries"]
     peak = max(train_peak, sample_peak, update_peak)
-    n_mb = b // mb_prompts
     # cost_analysis counts a loop body once (the layer scan, the decode loop): the analytic figures below
     # count every layer and step.
     flops = {"train step, cost analysis (loop bodies once)": _flops(grads_c) * n_mb * max(cfg.rl.num_iterations, 1),
              "sampler prefill": _flops(prefill_c), "sampler decode loop (one while-loop body)": _flops(decode_c)}
     # A target's usable memory (an H100 80GB leaves ~73 GiB to XLA), unless given on the command line.
     limit = (device_memory_gb or targets.USABLE_MEMORY_GB.get(target) or cfg.parallel.device_memory_gb) * GB
-    flops["train step, analytic (all layers)"] = _train_flops(mcfg, rows * (tp + Tc), cfg.model.remat) * n_mb * \
+    # rl.shared_prompt: each prompt once through the decoder, not once per completion
+    train_tokens = mb_prompts * tp + rows * Tc if cfg.rl.shared_prompt else rows * (tp + Tc)
+    flops["train step, analytic (all layers)"] = _train_flops(mcfg, train_tokens, cfg.model.remat,
+                                                              lora=learner.lora) * n_mb * \
         max(cfg.rl.num_iterations, 1) / mesh.size
-    flops["sampler decode, analytic (all steps)"] = 2.0 * n_params * b * G * Tc / mesh.size
+    flops["sampler decode, analytic (all steps)"] = 2.0 * n_total * b * G * Tc / mesh.size
     report.update(memory=mem, peak=peak, limit=limit, fits=peak <= limit, flops=flops,
                   compile_s=time.time() - t0)
     _print(report, cfg)
     return report
 
 
-def _train_flops(mcfg, tokens: int, remat: bool) -> float:
-    """Matmul FLOPs of forward + backward over `tokens` through the text decoder (2 per weight per token
-    forward, 4 backward, 2 more with remat) plus causal attention scores and values (half of T^2)."""
+def _train_flops(mcfg, tokens: int, remat: bool, lora: bool = False) -> float:
+    """Matmul FLOPs of forward + backward over `tokens` through the text decoder's weights (2 per weight per
+    token forward, 4 backward (2 with LoRA: no weight gradient for the frozen base; the adapters' own are
+    negligible), 2 more with remat)."""
     t = mcfg.text
     per_layer = t.hidden_size * (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim + \
         t.num_attention_heads * t.head_dim * t.hidden_size + 3 * t.hidden_size * t.intermediate_size
     weights = t.num_hidden_layers * per_layer + t.hidden_size * t.vocab_size
-    passes = 8 if remat else 6
+    passes = (4 if lora else 6) + (2 if remat else 0)
     return float(passes * weights * tokens)
 
 
@@ -244,7 +265,8 @@ def _outputs(compiled, mesh):
 
 
 def _print(r: dict, cfg) -> None:
-    print(f"dry run for {r['target']}: {cfg.model.path}, {r['params'] / 1e9:.3f}B parameters, mesh {r['mesh']} "
+    lora = f" (LoRA rank {r['lora_rank']}: {r['trainable'] / 1e6:.1f}M trainable)" if r["lora_rank"] else ""
+    print(f"dry run for {r['target']}: {cfg.model.path}, {r['params'] / 1e9:.3f}B parameters{lora}, mesh {r['mesh']} "
           f"({r['devices']} devices, {r['hosts']} host(s)), compute {cfg.model.compute_dtype}, remat {cfg.model.remat}")
     print(f"{'per-device memory':44s} {'GiB':>8s}")
     for k, v in r["memory"].items():

@@ -110,21 +110,26 @@ def processor_dir(model_dir: str) -> str:
 def load_policy(model_cfg, data_cfg=None):
     """(model, tokenizer, image processor, directory) from any `model.path`; the data config's min/max_pixels,
     when set, override the checkpoint's image processor."""
-    from jaxr1.checkpointing import is_model_checkpoint, is_train_checkpoint, load_model, load_train_checkpoint
     from jaxr1.data import load_processors
-    from jaxr1.models import load_hf, set_attention
+    from jaxr1.models import set_attention
     model_dir = resolve_model_dir(model_cfg.path)
-    if is_train_checkpoint(model_dir):
-        model = load_train_checkpoint(model_dir, dtype=model_cfg.param_dtype)
-    elif is_model_checkpoint(model_dir):
-        model = load_model(model_dir, dtype=model_cfg.param_dtype)
-    else:
-        model = load_hf(model_dir, dtype=model_cfg.param_dtype)
+    model = load_model_dir(model_dir, model_cfg.param_dtype)
     # The kernel is chosen (and refused, with the key to change) before any data or compile work.
     set_attention(model, model_cfg.attention, dtype=model_cfg.compute_dtype)
     pixels = (data_cfg.min_pixels, data_cfg.max_pixels) if data_cfg is not None else (None, None)
     tokenizer, image_processor = load_processors(processor_dir(model_dir), *pixels)
     return model, tokenizer, image_processor, model_dir
+
+
+def load_model_dir(model_dir: str, dtype: str | None):
+    """The model in a resolved directory: a training checkpoint, a jaxr1 model checkpoint or an HF directory."""
+    from jaxr1.checkpointing import is_model_checkpoint, is_train_checkpoint, load_model, load_train_checkpoint
+    from jaxr1.models import load_hf
+    if is_train_checkpoint(model_dir):
+        return load_train_checkpoint(model_dir, dtype=dtype)
+    if is_model_checkpoint(model_dir):
+        return load_model(model_dir, dtype=dtype)
+    return load_hf(model_dir, dtype=dtype or "float32")
 
 
 def build_eval_batches(cfg, tokenizer, image_processor, data_cfg=None) -> list:

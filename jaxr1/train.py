@@ -107,6 +107,12 @@ def train(args) -> int:
     from jaxr1.rl.learner import Learner
     model, tokenizer, image_processor, model_dir = load_policy(cfg.model, cfg.data)
     log.info("model %s (%s params)", model_dir, f"{sum(x.size for x in jax.tree.leaves(model)):,}")
+    if cfg.lora.rank:
+        from jaxr1.models.lora import add_lora, adapter_state
+        model = add_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target=cfg.lora.target, seed=cfg.seed)
+        log.info("LoRA rank %d on %d kernels: %s trainable params", cfg.lora.rank,
+                 len(jax.tree.leaves(adapter_state(model))) // 2,
+                 f"{sum(x.size for x in jax.tree.leaves(adapter_state(model))):,}")
     if is_main:
         from jaxr1.checkpointing import save_model_files
         with open(os.path.join(run_dir, "config.yaml"), "w") as f:
@@ -121,8 +127,8 @@ def train(args) -> int:
                       remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision, mesh=mesh)
     state = learner.init(model)
     del model
-    # Frozen initial weights (a copy: the update donates the state's buffers); never built when beta=0.
-    ref_params = jax.tree.map(lambda x: x.copy(), state.params) if cfg.rl.beta > 0 else None
+    # The KL reference (a copy of the initial weights; with LoRA the base itself); never built when beta=0.
+    ref_params = learner.reference_params(state) if cfg.rl.beta > 0 else None
     eos = eos_ids(tokenizer)
 
     # --- data
@@ -250,13 +256,18 @@ def train(args) -> int:
     # Every process joins the (collective) saves; only process 0 writes files that are not orbax's.
     from jaxr1.checkpointing import save_model
     from jaxr1.models import save_hf
-    save_model(learner.model(state.params), os.path.join(run_dir, "checkpoint"), source_dir=model_dir,
-               primary=is_main)
+    final = learner.export_model(state.params)   # LoRA: adapters merged in the master dtype
+    save_model(final, os.path.join(run_dir, "checkpoint"), source_dir=model_dir, primary=is_main)
     if cfg.export_hf:
-        host = jax.tree.map(to_host, state.params)      # gathers shards from every host
+        from flax import nnx
+        graphdef, params = nnx.split(final, nnx.Param)
+        host = jax.tree.map(to_host, params)      # gathers shards from every host
+        adapter = jax.tree.map(to_host, state.params) if learner.lora else None
         if is_main:
-            from flax import nnx
-            save_hf(nnx.merge(learner.graphdef, host), os.path.join(run_dir, "hf"), source_dir=model_dir)
+            save_hf(nnx.merge(graphdef, host), os.path.join(run_dir, "hf"), source_dir=model_dir)
+            if adapter is not None:   # the adapter alone, for peft.PeftModel.from_pretrained(base, RUN/adapter)
+                from jaxr1.models.peft import save_peft_adapter
+                save_peft_adapter(learner.model(adapter), os.path.join(run_dir, "adapter"), base_model=model_dir)
     print(f"run directory: {run_dir} ({time.time() - t_start:.0f}s)")
     if before and after:
         print(f"held-out accuracy: before {before['accuracy']:.2f} after {after['accuracy']:.2f}")

@@ -69,6 +69,11 @@ def save_hf(model, out_dir: str, *, source_dir: str | None = None) -> None:
     family_of(model.config).save_hf(model, out_dir, source_dir=source_dir)
 
 
+def weight_table(config) -> list[tuple[str, str, str]]:
+    """The family's (our dotted path, HF hub key with {i}, transform) rows (its HF I/O table)."""
+    return importlib.import_module(family_of(config).__name__ + ".params").weight_table(config)
+
+
 def set_attention(model, name: str, *, platform: str | None = None, dtype=None,
                   allow_interpret: bool = False) -> dict[str, str]:
     """Resolve `model.attention` (auto | xla | splash | cudnn) for `platform` (default: JAX's backend) and the

@@ -54,11 +54,21 @@ def check_heads(model_config, mesh) -> None:
     check_tensor_heads(mesh.shape["tensor"], model_config)
 
 
-def spec_for(path: str, shape: tuple[int, ...], mesh, rules=PARAM_RULES) -> P:
+def _axes(path: str, ndim: int, rules) -> list:
+    """The rule's per-dimension axes for `path`; a LoRA adapter follows its kernel W [.., in, out]: A [.., in, r]
+    keeps W's input-dim axis, B [.., r, out] its output-dim axis, the rank dim is replicated."""
+    for suffix, keep in (("_lora_a", -2), ("_lora_b", -1)):
+        if path.endswith(suffix):
+            base = _axes(path[:-len(suffix)], ndim, rules)
+            return [a if i < ndim - 2 or i == ndim + keep else None for i, a in enumerate(base)]
     for pattern, axes in rules:
         if re.search(pattern, path):
             break
-    axes = list(axes) + [None] * (len(shape) - len(axes))
+    return list(axes) + [None] * (ndim - len(axes))
+
+
+def spec_for(path: str, shape: tuple[int, ...], mesh, rules=PARAM_RULES) -> P:
+    axes = _axes(path, len(shape), rules)
     for i, axis in enumerate(axes):
         if axis is not None and shape[i] % mesh.shape[axis]:
             log.info("%s dim %d (%d) not divisible by %s=%d: replicated", path, i, shape[i], axis, mesh.shape[axis])

@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 
 from jaxr1.config import OptimConfig, RLConfig
+from jaxr1.models.lora import LoRAParam, has_adapters
 from jaxr1.models.qwen2_5_vl import ModelInputs
 from jaxr1.models.qwen2_5_vl.model import VisionLanguageModel
 from jaxr1.rl.losses import policy_loss
@@ -76,29 +77,40 @@ def _abstract_on(tree, shardings):
 class Learner:
     def __init__(self, model: VisionLanguageModel, rl: RLConfig, optim: OptimConfig, total_steps: int, *,
                  compute_dtype: str = "float32", remat: bool = False, freeze_vision: bool = False, mesh=None):
-        """The model gives the graph definition and parameter shapes only; `init(model)` gives the state."""
-        self.graphdef, params = nnx.split(model, nnx.Param)
+        """The model gives the graph definition and parameter shapes only; `init(model)` gives the state.
+        A model with LoRA adapters (jaxr1.models.lora.add_lora) trains its adapters only: the state's params
+        are the adapters, and the base weights are `self.frozen` (set by init, in the compute dtype, never
+        updated, not checkpointed: a run reloads them from model.path)."""
+        self.lora = has_adapters(model)
+        self.graphdef, params, frozen = _split(model)
         self.model_config = model.config
         self.mesh = mesh
+        self.frozen = None
         # The parameters' shardings, which the gradients are constrained to as well: left to propagation,
         # XLA keeps some gradients (e.g. the embedding's) replicated, an all-reduce where a reduce-scatter
         # does (1.6x the gradient memory per device in the 7B dry run).
-        self.param_shardings = None
+        self.param_shardings = self.frozen_shardings = None
         if mesh is not None:
             from jaxr1.parallel.rules import param_shardings
             self.param_shardings = param_shardings(params, mesh)
+            self.frozen_shardings = param_shardings(frozen, mesh) if frozen is not None else None
         self.rl = rl
         self.compute_dtype = jnp.dtype(compute_dtype)
         self.remat, self.freeze_vision = remat, freeze_vision
         self.tx, self.schedule = make_optimizer(optim, total_steps, params, freeze_vision=freeze_vision)
 
     def init(self, model: VisionLanguageModel, *, abstract: bool = False) -> LearnerState:
-        """The state at step 0: the model's parameters (placed on the mesh) and a fresh optimizer state.
-        abstract=True (a model from nnx.eval_shape): shapes and shardings only, nothing allocated (dry run)."""
-        params = nnx.state(model, nnx.Param)
+        """The state at step 0: the model's (trainable) parameters, placed on the mesh, and a fresh optimizer
+        state; with LoRA also sets `self.frozen` (the base weights). abstract=True (a model from
+        nnx.eval_shape): shapes and shardings only, nothing allocated (dry run)."""
+        _, params, frozen = _split(model)
+        if frozen is not None:
+            frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, self._cast_dtype(x)) if abstract
+                                  else x.astype(self._cast_dtype(x)), frozen)
         abstract_opt = jax.eval_shape(self.tx.init, params)
         counter = jax.ShapeDtypeStruct((), jnp.int32)
         if self.mesh is None:
+            self.frozen = frozen
             if abstract:
                 return LearnerState(params, abstract_opt, counter, counter)
             return LearnerState(params, self.tx.init(params), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
@@ -111,29 +123,46 @@ class Learner:
         replicated = NamedSharding(self.mesh, PartitionSpec())
         if abstract:
             counter = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+            self.frozen = None if frozen is None else _abstract_on(frozen, self.frozen_shardings)
             return LearnerState(_abstract_on(params, self.param_shardings), _abstract_on(abstract_opt, opt_shardings),
                                 counter, counter)
+        self.frozen = None if frozen is None else place(frozen, self.frozen_shardings)
         params = place(params, self.param_shardings)
         zero = lambda: place(jnp.zeros((), jnp.int32), replicated)   # two buffers: the update donates both
         return LearnerState(params, jax.jit(self.tx.init, out_shardings=opt_shardings)(params), zero(), zero())
 
-    # ---- pure functions (jitted once per shape) ----
-    def _model(self, params) -> VisionLanguageModel:
-        cast = jax.tree.map(lambda x: x.astype(self.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                            params)
-        return nnx.merge(self.graphdef, cast)
+    def reference_params(self, state: LearnerState):
+        """What `logprobs` takes for the KL reference: a copy of the initial parameters (the update donates
+        the state's buffers), or with LoRA zero adapters, i.e. the base model itself (B = 0: x W + s (x A) 0
+        is x W exactly), so the reference costs no second model."""
+        if self.lora:
+            return jax.tree.map(jnp.zeros_like, state.params)
+        return jax.tree.map(lambda x: x.copy(), state.params)
 
-    def _logprobs(self, params, mb: MicroBatch):
-        return completion_logprobs(self._model(params), mb.prompt, mb.rope_deltas, mb.completions, mb.mask,
+    # ---- pure functions (jitted once per shape); `frozen` is self.frozen, passed in, never closed over ----
+    def _cast_dtype(self, x):
+        return self.compute_dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
+
+    def _model(self, params, frozen) -> VisionLanguageModel:
+        cast = lambda tree: jax.tree.map(lambda x: x.astype(self._cast_dtype(x)), tree)
+        return _merge(self.graphdef, cast(params), frozen)
+
+    def _logprobs(self, params, frozen, mb: MicroBatch):
+        return completion_logprobs(self._model(params, frozen), mb.prompt, mb.rope_deltas, mb.completions, mb.mask,
                                    temperature=self.rl.temperature or 1.0, chunk_size=self.rl.logprob_chunk,
-                                   remat=self.remat, freeze_vision=self.freeze_vision)
+                                   remat=self.remat, freeze_vision=self.freeze_vision,
+                                   shared_prompt=self.rl.shared_prompt)
 
     @functools.partial(jax.jit, static_argnums=0)
-    def logprobs(self, params, mb: MicroBatch) -> jax.Array:
-        return self._logprobs(params, mb)[0]
+    def logprobs_fn(self, params, frozen, mb: MicroBatch) -> jax.Array:
+        return self._logprobs(params, frozen, mb)[0]
 
-    def _loss(self, params, mb: MicroBatch, normalizer):
-        logprobs, entropy = self._logprobs(params, mb)
+    def logprobs(self, params, mb: MicroBatch) -> jax.Array:
+        """Log-probs of mb's completions under `params` (the state's, or reference_params)."""
+        return self.logprobs_fn(params, self.frozen, mb)
+
+    def _loss(self, params, frozen, mb: MicroBatch, normalizer):
+        logprobs, entropy = self._logprobs(params, frozen, mb)
         rl = self.rl
         loss, metrics = policy_loss(
             logprobs, mb.old_logprobs, mb.advantages, mb.mask, ref_logprobs=mb.ref_logprobs,
@@ -145,18 +174,23 @@ class Learner:
         return loss, (metrics, jax.lax.stop_gradient(logprobs))
 
     @functools.partial(jax.jit, static_argnums=0)
-    def grads(self, params, mb: MicroBatch, normalizer):
-        (loss, (metrics, logprobs)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, mb, normalizer)
+    def grads_fn(self, params, frozen, mb: MicroBatch, normalizer):
+        """Gradients with respect to `params` only (the frozen base gets none)."""
+        (loss, (metrics, logprobs)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, frozen, mb,
+                                                                                          normalizer)
         if self.param_shardings is not None:
             grads = jax.lax.with_sharding_constraint(grads, self.param_shardings)
         metrics["loss"] = loss
         return grads, metrics, logprobs
 
-    @functools.partial(jax.jit, static_argnums=0, donate_argnums=(4, 5))
-    def accumulate(self, params, mb: MicroBatch, normalizer, total, metrics_sum):
+    def grads(self, params, mb: MicroBatch, normalizer):
+        return self.grads_fn(params, self.frozen, mb, normalizer)
+
+    @functools.partial(jax.jit, static_argnums=0, donate_argnums=(5, 6))
+    def accumulate(self, params, frozen, mb: MicroBatch, normalizer, total, metrics_sum):
         """grads() added into the running sums on the device; the sums' buffers are donated (updated in
         place), so a later micro-batch adds no second gradient copy and no host sync."""
-        g, m, logprobs = self.grads(params, mb, normalizer)
+        g, m, logprobs = self.grads_fn(params, frozen, mb, normalizer)
         total = jax.tree.map(jnp.add, total, g)
         return total, {k: metrics_sum[k] + v for k, v in m.items()}, logprobs
 
@@ -187,7 +221,8 @@ class Learner:
             if total is None:
                 total, metrics_sum, lp = self.grads(state.params, mb, normalizer)
             else:
-                total, metrics_sum, lp = self.accumulate(state.params, mb, normalizer, total, metrics_sum)
+                total, metrics_sum, lp = self.accumulate(state.params, self.frozen, mb, normalizer, total,
+                                                         metrics_sum)
             logprobs.append(lp)
         state, grad_norm, _ = self.apply(state, total)
         metrics_sum, grad_norm, skipped = jax.device_get((metrics_sum, grad_norm, state.skipped_updates))
@@ -199,7 +234,27 @@ class Learner:
         return state, out, logprobs
 
     def model(self, params, dtype=None) -> VisionLanguageModel:
-        """The policy of `params` as a module (arrays shared, cast when dtype is given)."""
-        if dtype is None:
-            return nnx.merge(self.graphdef, params)
-        return nnx.merge(self.graphdef, jax.tree.map(lambda x: x.astype(dtype), params))
+        """The policy of `params` as a module (arrays shared, cast when dtype is given); with LoRA, the base
+        with its adapters, which the sampler applies unmerged (x W + s (x A) B, as the update computes: a
+        bf16 merge W + s A B would round away the adapter's early, small updates)."""
+        cast = (lambda t: t) if dtype is None else (lambda t: jax.tree.map(lambda x: x.astype(dtype), t))
+        return _merge(self.graphdef, cast(params), None if self.frozen is None else cast(self.frozen))
+
+    def export_model(self, params) -> VisionLanguageModel:
+        """The plain model to save / export: adapters merged into the kernels in the master dtype."""
+        if not self.lora:
+            return self.model(params)
+        from jaxr1.models.lora import merge_adapters
+        return merge_adapters(self.model(params, jax.tree.leaves(params)[0].dtype))
+
+
+def _split(model):
+    """(graphdef, trainable params, frozen params or None): a model with adapters trains only those."""
+    if has_adapters(model):
+        return nnx.split(model, LoRAParam, nnx.Param)
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, params, None
+
+
+def _merge(graphdef, params, frozen):
+    return nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)

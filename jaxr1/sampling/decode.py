@@ -74,7 +74,8 @@ def layer_params(lm, layer_loop: str):
     # (fewer, larger GEMMs per step); the family's projections read either form. Other weights as they are.
     fused = {"qkv_kernel": ("q_kernel", "k_kernel", "v_kernel"), "qkv_bias": ("q_bias", "k_bias", "v_bias"),
              "gate_up_kernel": ("gate_kernel", "up_kernel")}
-    fused = {k: names for k, names in fused.items() if all(n in stacked for n in names)}
+    # Plain arrays only: an adapted kernel (LoraKernel) stays a separate x W + s (x A) B.
+    fused = {k: names for k, names in fused.items() if all(isinstance(stacked.get(n), jax.Array) for n in names)}
     parts = {n for names in fused.values() for n in names}
     return [{**{k: v[i] for k, v in stacked.items() if k not in parts},
              **{k: jnp.concatenate([stacked[n][i] for n in names], axis=-1) for k, names in fused.items()}}

@@ -1,6 +1,6 @@
 """Run by test_mesh in a subprocess: a few GRPO steps of the tiny model per mesh, on n forced host devices.
 
-    python tests/parallel/mesh_run.py N_DEVICES OUT:DATA:FSDP:TENSOR [...]
+    python tests/parallel/mesh_run.py N_DEVICES OUT:DATA:FSDP:TENSOR[:lora] [...]
 """
 import os
 import sys
@@ -13,8 +13,9 @@ if __name__ == "__main__":
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={sys.argv[1]}"
     from jaxr1.train import main
     for run in sys.argv[2:]:
-        out, data, fsdp, tensor = run.split(":")
+        out, data, fsdp, tensor, *lora = run.split(":")
+        extra = ["lora.rank=4", "lora.alpha=8"] if lora else []
         rc = main([*ARGS, f"output_dir={out}", f"parallel.data={data}", f"parallel.fsdp={fsdp}",
-                   f"parallel.tensor={tensor}"])
+                   f"parallel.tensor={tensor}", *extra])
         if rc:
             sys.exit(rc)

@@ -70,6 +70,22 @@ def test_meshes_match_one_device(tmp_path):
         assert worst <= 1e-5, (mesh, worst)
 
 
+@pytest.mark.slow
+def test_lora_under_meshes_matches_one_device(tmp_path):
+    """LoRA adapters (inside the layer scan, sharded like their kernels) train the same on 8 devices."""
+    from safetensors.numpy import load_file
+    runs = {m: str(tmp_path / "lora_{}_{}_{}".format(*m)) for m in [(1, 1, 1), (2, 4, 1), (1, 4, 2)]}
+    _run(8, [f"{out}:{d}:{f}:{t}:lora" for (d, f, t), out in runs.items()])
+    adapter = lambda run: load_file(os.path.join(run, "adapter", "adapter_model.safetensors"))
+    ref_losses, ref = np.array(_losses(runs[(1, 1, 1)])), adapter(runs[(1, 1, 1)])
+    assert ref and ref_losses[-1][1] > 0        # the KL to the free reference (base, adapters off) is live
+    for mesh, out in runs.items():
+        np.testing.assert_allclose(np.array(_losses(out)), ref_losses, atol=1e-5, rtol=1e-5, err_msg=str(mesh))
+        got = adapter(out)
+        worst = max(float(np.abs(got[k] - ref[k]).max()) for k in ref)
+        assert sorted(got) == sorted(ref) and worst <= 1e-5, (mesh, worst)
+
+
 NAMED_SIZES = [("qwen2_5_vl", "qwen2_5_vl_3b"), ("qwen2_5_vl", "qwen2_5_vl_7b"), ("qwen2_vl", "qwen2_vl_2b"),
                ("qwen2_vl", "qwen2_vl_7b"), ("qwen3_vl", "qwen3_vl_2b"), ("qwen3_vl", "qwen3_vl_4b"),
                ("qwen3_vl", "qwen3_vl_8b")]

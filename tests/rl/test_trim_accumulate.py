@@ -85,7 +85,7 @@ def test_accumulated_micro_batches_equal_the_full_batch(setup):
     norm = float(compute_loss_normalizer(mask, cfg.rl.loss_aggregation))
     g_full, m_full, _ = learner.grads(state.params, full, norm)
     g, m, _ = learner.grads(state.params, halves[0], norm)
-    g, m, _ = learner.accumulate(state.params, halves[1], norm, g, m)
+    g, m, _ = learner.accumulate(state.params, learner.frozen, halves[1], norm, g, m)
     assert float(m["loss"]) == pytest.approx(float(m_full["loss"]), rel=1e-5)
     for a, b in zip(jax.tree.leaves(jax.device_get(g_full)), jax.tree.leaves(jax.device_get(g))):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * np.abs(a).max())
@@ -98,7 +98,7 @@ def test_compilations_follow_buckets_not_steps(setup):
     cfg, model, Learner, batch, tokens, _ = setup
     learner = Learner(model, cfg.rl, cfg.optim, 10)
     params = learner.init(fresh(model)).params
-    before = Learner.grads._cache_size()
+    before = Learner.grads_fn._cache_size()
     seen = set()
     for longest in (3, 9, 14, 17, 22, 30, 40, 47, 60, 64, 5, 33):   # twelve steps of varying lengths
         lengths = np.minimum(np.arange(1, 2 * G + 1) * longest // (2 * G) + 1, longest)
@@ -107,4 +107,4 @@ def test_compilations_follow_buckets_not_steps(setup):
         (mb,), mask = micro_batches(cfg, model, batch, tokens, lengths, t, 1)
         learner.grads(params, mb, float(compute_loss_normalizer(mask, cfg.rl.loss_aggregation)))
     assert seen == {16, 24, 32, 48, 64}
-    assert Learner.grads._cache_size() - before == len(seen)
+    assert Learner.grads_fn._cache_size() - before == len(seen)

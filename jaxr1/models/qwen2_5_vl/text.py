@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxr1.models.lora import stacked_weights
 from jaxr1.models.qwen2_5_vl.config import TextConfig
 from jaxr1.models.qwen2_5_vl.params_init import param
-from jaxr1.ops.attention import attention
+from jaxr1.ops.attention import attention, prefix_attention
 from jaxr1.ops.layers import activation, apply_rope, linear, rms_norm
 
 
@@ -175,8 +176,8 @@ class TextDecoder(nnx.Module):
         return decoder_layer(self.cfg, p, x, cos, sin, attend, self.project)
 
     def stacked_layer_params(self) -> dict[str, jax.Array]:
-        """Per-layer weights stacked [L, ...] by name."""
-        return {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+        """Per-layer weights stacked [L, ...] by name (an adapted kernel as a LoraKernel: jaxr1.models.lora)."""
+        return stacked_weights(self.layers)
 
     def __call__(self, embeds: jax.Array, positions: jax.Array, kv_valid: jax.Array, *,
                  cache: KVCache | None = None, cache_index: jax.Array | int = 0, remat: bool = False,
@@ -191,20 +192,12 @@ class TextDecoder(nnx.Module):
         dtype = embeds.dtype
         cos, sin = self.cos_sin(positions, dtype)
         core = sequence_attention(self.attention, kv_valid, embeds.shape[1], cache_index)
-        if deepstack is not None:
-            ds_index, ds_feats = deepstack
-            ds_where = (ds_index >= 0)[..., None]
-            ds_index = jnp.maximum(ds_index, 0)
+        add_deepstack = deepstack_adder(deepstack)
 
         def layer(x, xs):
             p, ck, cv, i = xs
             x, new_kv = self.layer(p, x, cos, sin, cache_attention(core, ck, cv, cache_index, dtype))
-            out = x
-            if deepstack is not None:
-                # One scan body for all layers: layers >= n select the unchanged stream.
-                feats = jnp.take(ds_feats[jnp.minimum(i, ds_feats.shape[0] - 1)], ds_index, axis=0)
-                x = jnp.where(ds_where & (i < ds_feats.shape[0]), x + feats.astype(dtype), x)
-            return x, (new_kv, out if collect_hidden else None)
+            return add_deepstack(x, i), (new_kv, x if collect_hidden else None)
 
         if remat:
             layer = jax.checkpoint(layer)
@@ -215,3 +208,50 @@ class TextDecoder(nnx.Module):
         new_cache = None if cache is None else KVCache(*new_kv)
         out = rms_norm(x, self.norm[...], cfg.rms_norm_eps)
         return (out, new_cache, per_layer) if collect_hidden else (out, new_cache)
+
+    def shared_prefix(self, prompt_embeds: jax.Array, prompt_positions: jax.Array, prompt_valid: jax.Array,
+                      embeds: jax.Array, positions: jax.Array, valid: jax.Array, *, remat: bool = False,
+                      deepstack: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
+        """The forward with each prompt once (training on G completions per prompt): the prompts
+        prompt_embeds [B, P, D] (positions [3, B, P], prompt_valid [B, P]) run as `__call__` runs them; each
+        prompt's n = R / B rows embeds [R, T, D] (positions [3, R, T], valid [R, T]) attend to that prompt's
+        keys/values of the same layer plus their own causal prefix (`ops.attention.prefix_attention`), so
+        gradients reach the prompt from all n rows: the math of the [prompt | row] forward repeated n
+        times, at one prompt's cost. deepstack as `__call__`, over the prompt positions. Returns final-norm
+        hidden states (prompts [B, P, D], rows [R, T, D])."""
+        cfg = self.cfg
+        dtype = embeds.dtype
+        cos_p, sin_p = self.cos_sin(prompt_positions, dtype)
+        cos, sin = self.cos_sin(positions, dtype)
+        core = sequence_attention(self.attention, prompt_valid, prompt_embeds.shape[1], 0)
+        add_deepstack = deepstack_adder(deepstack)
+
+        def layer(carry, xs):
+            xp, x = carry
+            p, i = xs
+            xp, (pk, pv) = self.layer(p, xp, cos_p, sin_p, lambda q, k, v: (core(q, k, v), (k, v)))
+            x, _ = self.layer(p, x, cos, sin, lambda q, k, v: (
+                prefix_attention(q, k, v, pk, pv, prompt_valid.astype(bool), valid.astype(bool)), None))
+            return (add_deepstack(xp, i), x), None
+
+        if remat:
+            layer = jax.checkpoint(layer)
+        xs = (self.stacked_layer_params(), jnp.arange(cfg.num_hidden_layers))
+        (xp, x), _ = jax.lax.scan(layer, (prompt_embeds, embeds), xs)
+        norm = lambda h: rms_norm(h, self.norm[...], cfg.rms_norm_eps)
+        return norm(xp), norm(x)
+
+
+def deepstack_adder(deepstack: tuple[jax.Array, jax.Array] | None):
+    """(x, layer i) -> x + features[i][index] at the image-token positions after layer i < n (Qwen3-VL's
+    DeepStack, see TextDecoder.__call__); the identity without DeepStack."""
+    if deepstack is None:
+        return lambda x, i: x
+    index, feats = deepstack
+    where, index = (index >= 0)[..., None], jnp.maximum(index, 0)
+
+    def add(x, i):
+        # One scan body for all layers: layers >= n select the unchanged stream.
+        f = jnp.take(feats[jnp.minimum(i, feats.shape[0] - 1)], index, axis=0)
+        return jnp.where(where & (i < feats.shape[0]), x + f.astype(x.dtype), x)
+    return add

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxr1.models.lora import stacked_weights
 from jaxr1.models.qwen2_5_vl.config import VisionConfig
 from jaxr1.models.qwen2_5_vl.params_init import param
 from jaxr1.ops.attention import attention
@@ -88,9 +89,8 @@ class VisionTower(nnx.Module):
 
 
 # ---- Shared with the Qwen2-VL and Qwen3-VL vision towers ----
-def stacked_params(module: nnx.Module) -> dict[str, jax.Array]:
-    """A module's nnx.Param values by attribute name (the stacked block weights `jax.lax.scan` runs over)."""
-    return {k: v[...] for k, v in vars(module).items() if isinstance(v, nnx.Param)}
+# The stacked block weights `jax.lax.scan` runs over (adapted kernels as LoraKernels).
+stacked_params = stacked_weights
 
 
 def vision_attention(h: jax.Array, p: dict[str, jax.Array], cos: jax.Array, sin: jax.Array, segments: jax.Array,
