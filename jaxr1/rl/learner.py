@@ -235,8 +235,8 @@ class Learner:
 
     def model(self, params, dtype=None) -> VisionLanguageModel:
         """The policy of `params` as a module (arrays shared, cast when dtype is given); with LoRA, the base
-        with its adapters, which the sampler applies unmerged (x W + s (x A) B, as the update computes: a
-        bf16 merge W + s A B would round away the adapter's early, small updates)."""
+        with its adapters, which the sampler applies unmerged (x W + s (x A) B, as the update computes; no
+        merged copy per rollout; scripts/bench_lora_sampler.py: same decode time as merged)."""
         cast = (lambda t: t) if dtype is None else (lambda t: jax.tree.map(lambda x: x.astype(dtype), t))
         return _merge(self.graphdef, cast(params), None if self.frozen is None else cast(self.frozen))
 

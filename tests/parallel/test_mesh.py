@@ -75,7 +75,8 @@ def test_lora_under_meshes_matches_one_device(tmp_path):
     """LoRA adapters (inside the layer scan, sharded like their kernels) train the same on 8 devices."""
     from safetensors.numpy import load_file
     runs = {m: str(tmp_path / "lora_{}_{}_{}".format(*m)) for m in [(1, 1, 1), (2, 4, 1), (1, 4, 2)]}
-    _run(8, [f"{out}:{d}:{f}:{t}:lora" for (d, f, t), out in runs.items()])
+    _run(1, [f"{runs[(1, 1, 1)]}:1:1:1:lora"])
+    _run(8, [f"{out}:{d}:{f}:{t}:lora" for (d, f, t), out in runs.items() if d * f * t == 8])
     adapter = lambda run: load_file(os.path.join(run, "adapter", "adapter_model.safetensors"))
     ref_losses, ref = np.array(_losses(runs[(1, 1, 1)])), adapter(runs[(1, 1, 1)])
     assert ref and ref_losses[-1][1] > 0        # the KL to the free reference (base, adapters off) is live
