@@ -28,6 +28,8 @@ Implementations (`implementation=`, config key `model.attention`; see `resolve_a
   rolls each row so the run starts at 0, calls cuDNN with the run lengths (no mask tensor), rolls back and
   zeroes padding rows (also their gradients, whatever cuDNN leaves there). Rows with several segments
   (packed sequences, vision windows) must pass a dense `mask`, which cudnn takes as a bias.
+  Like splash it is shard_mapped over the batch axes of the ambient mesh (cuDNN's SPMD partitioner
+  rejects rows that do not divide them, e.g. a micro-batch's prompts; those run replicated).
 - "auto": resolved per backend by `resolve_attention`.
 """
 from __future__ import annotations
@@ -139,7 +141,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
     if implementation == "cudnn":
         if mask is not None:
             return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale, implementation="cudnn")
-        return cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, causal=causal, scale=scale)
+        # Per device like splash: cuDNN's own SPMD partitioner fails on rows that do not divide the batch
+        # axes (a micro-batch's prompts in the shared-prompt forward); replicated rows run whole on each device.
+        run = lambda q, k, v, qs, ks: cudnn_attention(q, k, v, qs, ks, causal=causal, scale=scale)
+        return _batch_shard_map(run, q, k, v, q_segment_ids, kv_segment_ids)
     raise ValueError(f"unknown attention implementation {implementation!r} (expected one of {IMPLEMENTATIONS})")
 
 
