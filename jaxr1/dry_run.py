@@ -194,33 +194,34 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     report["decode_loop_collectives"] = {k: len(v) for k, v in loop.items() if v}
 
     n_mb = b // mb_prompts
-    mem = {
+    train_m, apply_m = _memory(grads_c), _memory(apply_c)
+    prefill_m, decode_m = _memory(prefill_c), _memory(decode_c)
+    resident_mem = {
         "parameters (master)" if not learner.lora else "LoRA adapters (master)": _bytes_per_device(params),
         "frozen base (compute dtype)": _bytes_per_device(learner.frozen) if learner.lora else 0,
         "optimizer state": _bytes_per_device(opt_state),
         # LoRA: the reference is the base with zero adapters (adapter-sized), not a second model
         "reference model": _bytes_per_device(params) if cfg.rl.beta > 0 else 0,
     }
-    train_m, apply_m = _memory(grads_c), _memory(apply_c)
-    prefill_m, decode_m = _memory(prefill_c), _memory(decode_c)
-    mem["train step: activations/temporaries"] = train_m.get("temp", 0)
+    grads = train_m.get("output", 0)
     # With several micro-batches the running sum and the next micro-batch's gradients are both live.
-    mem["train step: gradients" + (" (x2: accumulating)" if n_mb > 1 else "")] = \
-        train_m.get("output", 0) * (2 if n_mb > 1 else 1)
-    mem["optimizer update: temporaries"] = apply_m.get("temp", 0)
+    train_grads = grads * (2 if n_mb > 1 else 1)
     # The sampler's copy: a gather of fsdp-sharded weights copies them all; else only the cast of the
     # trainable parameters to the compute dtype does (a LoRA base is stored in it already).
     cast = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, compute, sharding=x.sharding), params)
-    mem["sampler: weights in compute dtype"] = _bytes_per_device(policy) if mesh.shape["fsdp"] > 1 else (
+    sampler_weights = _bytes_per_device(policy) if mesh.shape["fsdp"] > 1 else (
         _bytes_per_device(cast) if compute != jnp.dtype(cfg.model.param_dtype) else 0)
-    mem["sampler: KV cache + state"] = _bytes_per_device(state)
-    mem["sampler: temporaries"] = max(prefill_m.get("temp", 0), decode_m.get("temp", 0))
-    grads_mem = next(v for k, v in mem.items() if k.startswith("train step: gradients"))
-    resident = sum(v for k, v in list(mem.items())[:4])
-    train_peak = resident + mem["train step: activations/temporaries"] + grads_mem
-    sample_peak = resident + mem["sampler: weights in compute dtype"] + mem["sampler: KV cache + state"] + \
-        mem["sampler: temporaries"]
-    update_peak = resident + train_m.get("output", 0) + mem["optimizer update: temporaries"]
+    mem = {**resident_mem,
+           "train step: activations/temporaries": train_m.get("temp", 0),
+           "train step: gradients" + (" (x2: accumulating)" if n_mb > 1 else ""): train_grads,
+           "optimizer update: temporaries": apply_m.get("temp", 0),
+           "sampler: weights in compute dtype": sampler_weights,
+           "sampler: KV cache + state": _bytes_per_device(state),
+           "sampler: temporaries": max(prefill_m.get("temp", 0), decode_m.get("temp", 0))}
+    resident = sum(resident_mem.values())
+    train_peak = resident + mem["train step: activations/temporaries"] + train_grads
+    sample_peak = resident + sampler_weights + mem["sampler: KV cache + state"] + mem["sampler: temporaries"]
+    update_peak = resident + grads + mem["optimizer update: temporaries"]
     peak = max(train_peak, sample_peak, update_peak)
     # cost_analysis counts a loop body once (the layer scan, the decode loop): the analytic figures below
     # count every layer and step.

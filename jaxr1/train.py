@@ -110,9 +110,9 @@ def train(args) -> int:
     if cfg.lora.rank:
         from jaxr1.models.lora import add_lora, adapter_state
         model = add_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target=cfg.lora.target, seed=cfg.seed)
-        log.info("LoRA rank %d on %d kernels: %s trainable params", cfg.lora.rank,
-                 len(jax.tree.leaves(adapter_state(model))) // 2,
-                 f"{sum(x.size for x in jax.tree.leaves(adapter_state(model))):,}")
+        adapters = jax.tree.leaves(adapter_state(model))
+        log.info("LoRA rank %d on %d kernels: %s trainable params", cfg.lora.rank, len(adapters) // 2,
+                 f"{sum(x.size for x in adapters):,}")
     if is_main:
         from jaxr1.checkpointing import save_model_files
         with open(os.path.join(run_dir, "config.yaml"), "w") as f:

@@ -22,8 +22,9 @@ DEFAULT_TARGET = r"language_model/layers/(q|k|v|o|gate|up|down)_kernel$"
 ADAPTABLE = re.compile(r"^(language_model/layers|visual/blocks)/\w+_kernel$")
 
 
-class LoRAParam(nnx.Param):
-    """An adapter matrix: what a LoRA run trains (the optimizer and checkpoints hold these only)."""
+# flax's own adapter variable type (an nnx.Param): what a LoRA run trains; the optimizer and checkpoints hold
+# these only.
+LoRAParam = nnx.LoRAParam
 
 
 @jax.tree_util.register_pytree_node_class
@@ -86,8 +87,15 @@ def _copy(model):
     return nnx.merge(*nnx.split(model))
 
 
+def adapters(model) -> dict[str, "LoraKernel"]:
+    """{kernel path (e.g. language_model/layers/q_kernel): its LoraKernel (W, A, B, scale)} of every adapted
+    kernel."""
+    return {f"{where}/{name}": k for where, module in _modules(model)
+            for name, k in stacked_weights(module).items() if isinstance(k, LoraKernel)}
+
+
 def adapted_paths(model) -> list[str]:
-    """Paths of the kernels that carry an adapter, e.g. language_model/layers/q_kernel."""
+    """Paths of the kernels that carry an adapter (by name only: works on nnx.eval_shape models too)."""
     return [f"{where}/{k[:-len('_lora_a')]}" for where, m in _modules(model) for k, v in vars(m).items()
             if isinstance(v, LoRAParam) and k.endswith("_lora_a")]
 
@@ -138,29 +146,14 @@ def merge_adapters(model) -> nnx.Module:
     kernel's dtype): the plain model export and checkpoints hold."""
     model = _copy(model)
     for _, module in _modules(model):
-        scale = getattr(module, "lora_scale", None)
-        if scale is None:
-            continue
-        for name in [k[:-len("_lora_a")] for k in list(vars(module)) if k.endswith("_lora_a")]:
-            a, b = getattr(module, f"{name}_lora_a")[...], getattr(module, f"{name}_lora_b")[...]
-            kernel = LoraKernel(getattr(module, name)[...], a, b, scale)
+        kernels = {n: k for n, k in stacked_weights(module).items() if isinstance(k, LoraKernel)}
+        for name, kernel in kernels.items():
             setattr(module, name, nnx.Param(kernel.merged()))
             delattr(module, f"{name}_lora_a")
             delattr(module, f"{name}_lora_b")
-        del module.lora_scale
+        if kernels:
+            del module.lora_scale
     return model
-
-
-def adapters(model) -> dict[str, tuple]:
-    """{kernel path: (A [..., in, r], B [..., r, out], scale)} of every adapted kernel."""
-    out = {}
-    for where, module in _modules(model):
-        for k in vars(module):
-            if k.endswith("_lora_a") and isinstance(getattr(module, k), LoRAParam):
-                name = k[:-len("_lora_a")]
-                out[f"{where}/{name}"] = (getattr(module, k)[...], getattr(module, f"{name}_lora_b")[...],
-                                          module.lora_scale)
-    return out
 
 
 def adapter_state(model):

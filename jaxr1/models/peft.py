@@ -50,9 +50,9 @@ def save_peft_adapter(model, out_dir: str, *, base_model: str | None = None) -> 
     """Write `model`'s adapters (jaxr1.models.lora) as a PEFT LoRA adapter directory (float32 tensors)."""
     modules = _modules(model.config)
     tensors, patterns, rank, alpha = {}, [], None, None
-    for path, (a, b, scale) in lora.adapters(model).items():
-        a, b = np.asarray(jax.device_get(a), np.float32), np.asarray(jax.device_get(b), np.float32)
-        rank, alpha = a.shape[-1], scale * a.shape[-1]
+    for path, kernel in lora.adapters(model).items():
+        a, b = (np.asarray(jax.device_get(x), np.float32) for x in (kernel.a, kernel.b))
+        rank, alpha = a.shape[-1], kernel.scale * a.shape[-1]
         template = modules[path]
         patterns.append(re.escape(template).replace(re.escape("{i}"), r"\d+"))
         for i in range(a.shape[0]):
@@ -100,8 +100,9 @@ def load_peft_adapter(model, adapter_dir: str):
                             f"this {type(model).__name__} model (is it the adapter's base model?)")
     target = "^(" + "|".join(re.escape(p) for p in found) + ")$"
     out = lora.add_lora(model, rank=r, alpha=alpha, target=target)
+    kernels = lora.adapters(out)
     for path, layers in found.items():
-        n = lora.adapters(out)[path][0].shape[0]
+        n = kernels[path].shape[0]
         if sorted(layers) != list(range(n)) or any(set(v) != {"A", "B"} for v in layers.values()):
             raise UserError(f"{where}: {path} has adapters for layers {sorted(layers)}, expected 0..{n - 1} (A and B)")
         module = out

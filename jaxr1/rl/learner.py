@@ -81,8 +81,8 @@ class Learner:
         A model with LoRA adapters (jaxr1.models.lora.add_lora) trains its adapters only: the state's params
         are the adapters, and the base weights are `self.frozen` (set by init, in the compute dtype, never
         updated, not checkpointed: a run reloads them from model.path)."""
-        self.lora = has_adapters(model)
         self.graphdef, params, frozen = _split(model)
+        self.lora = frozen is not None
         self.model_config = model.config
         self.mesh = mesh
         self.frozen = None

@@ -92,10 +92,10 @@ def test_peft_adapter_loads_in_peft_with_the_merged_logits(family, tmp_path):
     np.testing.assert_allclose(theirs[valid], ours[valid], atol=1e-4, rtol=1e-4)
     # and back: the directory PEFT reads is the one jaxr1 reads
     back = load_peft_adapter(base, str(tmp_path / "adapter"))
-    for path, (a, b, s) in lora.adapters(model).items():
-        a2, b2, s2 = lora.adapters(back)[path]
-        assert np.array_equal(np.asarray(a), np.asarray(a2)) and np.array_equal(np.asarray(b), np.asarray(b2))
-        assert s == s2
+    for path, k in lora.adapters(model).items():
+        k2 = lora.adapters(back)[path]
+        assert np.array_equal(np.asarray(k.a), np.asarray(k2.a)) and np.array_equal(np.asarray(k.b), np.asarray(k2.b))
+        assert k.scale == k2.scale
 
 
 def test_convert_merge_lora_writes_the_merged_hf_model(tmp_path):
