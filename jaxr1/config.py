@@ -73,6 +73,7 @@ class RLConfig:
     logprob_chunk: int = 128
     trim_completions: bool = True         # train on completions cut to the step's longest (bucketed); false: pad to max
     shared_prompt: bool = True            # each prompt once through the decoder for its G completions; false: repeat it
+    pack_completions: bool = True         # with shared_prompt: a prompt's completions packed into shared rows
 
 
 @dataclasses.dataclass

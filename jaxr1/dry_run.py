@@ -245,12 +245,10 @@ def _train_flops(mcfg, tokens: int, remat: bool, lora: bool = False) -> float:
     """Matmul FLOPs of forward + backward over `tokens` through the text decoder's weights (2 per weight per
     token forward, 4 backward (2 with LoRA: no weight gradient for the frozen base; the adapters' own are
     negligible), 2 more with remat)."""
-    t = mcfg.text
-    per_layer = t.hidden_size * (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim + \
-        t.num_attention_heads * t.head_dim * t.hidden_size + 3 * t.hidden_size * t.intermediate_size
-    weights = t.num_hidden_layers * per_layer + t.hidden_size * t.vocab_size
+    from jaxr1.flops import decoder_flops
+    f = decoder_flops(mcfg.text)
     passes = (4 if lora else 6) + (2 if remat else 0)
-    return float(passes * weights * tokens)
+    return float(passes / 2 * (f["token"] + f["logit"]) * tokens)
 
 
 def _on_mesh(sharding, mesh):

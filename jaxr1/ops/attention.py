@@ -161,26 +161,30 @@ def _attention_xla(q, k, v, mask, scale):
 
 
 def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
-                     prefix_valid: jax.Array, valid: jax.Array, *, scale: float | None = None) -> jax.Array:
-    """Causal attention of R = B*n rows over their prompt's shared prefix plus their own keys: row r (prompt
-    r // n) query t sees prefix slots where prefix_valid and its own slots j <= t where valid. q [R, T, H, D],
-    k/v [R, T, Hkv, D]; prefix_k/v [B, P, Hkv, D] (stored once per prompt, read by its n rows); prefix_valid
-    [B, P], valid [R, T]. One softmax over both parts (float32 scores, as `attention`), the same result as
-    `attention` over [prefix | own] keys repeated per row, without the repeat. Returns [R, T, H, D]."""
+                     prefix_valid: jax.Array, segment_ids: jax.Array, row_prefix: jax.Array, *,
+                     scale: float | None = None) -> jax.Array:
+    """Attention of R rows over a shared prefix plus their own keys: row r reads prefix row_prefix[r]
+    (slots where prefix_valid) and, within its own row, the causal prefix of its segment (slot j <= t with
+    segment_ids equal and > 0; a row may hold several completions of one prompt, one segment each).
+    q [R, T, H, D], k/v [R, T, Hkv, D]; prefix_k/v [B, P, Hkv, D] (stored once per prompt, read by each of
+    its rows: the gather is P x Hkv x D per row, the backward sums the rows' gradients into the prompt);
+    prefix_valid [B, P]; segment_ids [R, T] int; row_prefix [R] int. One softmax over both parts (float32
+    scores, as `attention`): the result of `attention` over [prefix | own] keys per segment. Returns
+    [R, T, H, D]."""
     r, t, h, d = q.shape
-    b, p, hkv, _ = prefix_k.shape
-    n, g = r // b, h // hkv
+    hkv = k.shape[2]
+    g = h // hkv
     scale = d**-0.5 if scale is None else scale
-    q = q.reshape(b, n, t, hkv, g, d)
-    s_pre = jnp.einsum("bntkgd,bskd->bnkgts", q, prefix_k, preferred_element_type=jnp.float32) * scale
-    s_pre = jnp.where(prefix_valid[:, None, None, None, None, :], s_pre, _NEG_INF)
-    own_k, own_v = k.reshape(b, n, t, hkv, d), v.reshape(b, n, t, hkv, d)
-    s_own = jnp.einsum("bntkgd,bnskd->bnkgts", q, own_k, preferred_element_type=jnp.float32) * scale
-    own_mask = valid.reshape(b, n, 1, 1, 1, t) & (jnp.arange(t)[None, :] <= jnp.arange(t)[:, None])
-    s_own = jnp.where(own_mask, s_own, _NEG_INF)
+    q = q.reshape(r, t, hkv, g, d)
+    pk, pv, p_valid = prefix_k[row_prefix], prefix_v[row_prefix], jnp.asarray(prefix_valid)[row_prefix]
+    s_pre = jnp.einsum("rtkgd,rskd->rkgts", q, pk, preferred_element_type=jnp.float32) * scale
+    s_pre = jnp.where(p_valid[:, None, None, None, :], s_pre, _NEG_INF)
+    s_own = jnp.einsum("rtkgd,rskd->rkgts", q, k, preferred_element_type=jnp.float32) * scale
+    own = segment_mask(segment_ids, segment_ids, causal=True) & (segment_ids[:, None, :] > 0)   # [R, T, T]
+    s_own = jnp.where(own[:, None, None], s_own, _NEG_INF)
     probs = jax.nn.softmax(jnp.concatenate([s_pre, s_own], axis=-1), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bnkgts,bskd->bntkgd", probs[..., :p], prefix_v) + \
-        jnp.einsum("bnkgts,bnskd->bntkgd", probs[..., p:], own_v)
+    p = pk.shape[1]
+    out = jnp.einsum("rkgts,rskd->rtkgd", probs[..., :p], pv) + jnp.einsum("rkgts,rskd->rtkgd", probs[..., p:], v)
     return out.reshape(r, t, h, d)
 
 

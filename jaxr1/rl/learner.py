@@ -23,6 +23,7 @@ from jaxr1.models.lora import LoRAParam, has_adapters
 from jaxr1.models.qwen2_5_vl import ModelInputs
 from jaxr1.models.qwen2_5_vl.model import VisionLanguageModel
 from jaxr1.rl.losses import policy_loss
+from jaxr1.rl.pack import PackedRows
 from jaxr1.rl.policy import completion_logprobs
 
 
@@ -36,6 +37,7 @@ class MicroBatch:
     advantages: jax.Array        # [b*G]
     old_logprobs: jax.Array | None = None
     ref_logprobs: jax.Array | None = None
+    packed: PackedRows | None = None   # the completions packed into rows (jaxr1.rl.pack); None: one per row
 
 
 @jax.tree_util.register_dataclass
@@ -151,7 +153,7 @@ class Learner:
         return completion_logprobs(self._model(params, frozen), mb.prompt, mb.rope_deltas, mb.completions, mb.mask,
                                    temperature=self.rl.temperature or 1.0, chunk_size=self.rl.logprob_chunk,
                                    remat=self.remat, freeze_vision=self.freeze_vision,
-                                   shared_prompt=self.rl.shared_prompt)
+                                   shared_prompt=self.rl.shared_prompt, packed=mb.packed)
 
     @functools.partial(jax.jit, static_argnums=0)
     def logprobs_fn(self, params, frozen, mb: MicroBatch) -> jax.Array:

@@ -4,9 +4,10 @@ A rollout row is [prompt (left padded, Tp) | completion (right padded, Tc)]. The
 tower, is embedded once per prompt. With `shared_prompt` (the default) it also goes through each decoder layer
 once: its G completions attend to its keys/values plus their own causal prefix (TextDecoder.shared_prefix),
 and gradients reach the prompt from all G, the math of the repeated forward at 1/G of the prompt's cost.
-shared_prompt=False repeats the prompt per completion and runs [prompt | completion] rows (the plain path,
-for debugging). Positions continue M-RoPE after the prompt exactly as the sampler does: valid prompt length +
-n + the prompt's rope delta.
+The completions run one per row, or packed several to a row (`packed`, jaxr1.rl.pack) so the cost follows
+their real lengths. shared_prompt=False repeats the prompt per completion and runs [prompt | completion]
+rows (the plain path, for debugging). Positions continue M-RoPE after the prompt exactly as the sampler does:
+valid prompt length + n + the prompt's rope delta.
 """
 from __future__ import annotations
 
@@ -15,20 +16,26 @@ import jax.numpy as jnp
 
 from jaxr1.models.qwen2_5_vl import ModelInputs
 from jaxr1.rl.logprobs import token_logprobs
+from jaxr1.rl.pack import PackedRows, identity_packing
 
 
-def completion_positions(prompt_mask: jax.Array, rope_deltas: jax.Array, num_completion: int) -> jax.Array:
-    """[3, B, Tc] M-RoPE ids of the completion tokens of each prompt."""
-    start = prompt_mask.sum(-1).astype(jnp.int32) + rope_deltas.astype(jnp.int32)
-    pos = start[:, None] + jnp.arange(num_completion, dtype=jnp.int32)
+def completion_positions(prompt_mask: jax.Array, rope_deltas: jax.Array, offsets: jax.Array,
+                         row_prompt: jax.Array | None = None) -> jax.Array:
+    """[3, R, T] M-RoPE ids of completion tokens at `offsets` [R, T] (index within their completion) of
+    prompt row_prompt[r] (None: row r is prompt r)."""
+    start = jnp.asarray(prompt_mask).sum(-1).astype(jnp.int32) + jnp.asarray(rope_deltas).astype(jnp.int32)
+    if row_prompt is not None:
+        start = start[row_prompt]
+    pos = start[:, None] + offsets.astype(jnp.int32)
     return jnp.broadcast_to(pos[None], (3, *pos.shape))
 
 
 def completion_logprobs(model, prompt: ModelInputs, rope_deltas: jax.Array, completions: jax.Array,
                         completion_mask: jax.Array, *, temperature: float = 1.0, chunk_size: int = 128,
-                        remat: bool = False, freeze_vision: bool = False, shared_prompt: bool = True
-                        ) -> tuple[jax.Array, jax.Array]:
-    """prompt: B prompts; completions/mask [B*G, Tc]. Returns (logprobs, entropy), each [B*G, Tc] float32."""
+                        remat: bool = False, freeze_vision: bool = False, shared_prompt: bool = True,
+                        packed: PackedRows | None = None) -> tuple[jax.Array, jax.Array]:
+    """prompt: B prompts; completions/mask [B*G, Tc]; packed: the same completions packed into rows (shared
+    prompt only; None: one per row). Returns (logprobs, entropy), each [B*G, Tc] float32."""
     b, tp = prompt.input_ids.shape
     g = completions.shape[0] // b
     lm = model.language_model
@@ -38,29 +45,35 @@ def completion_logprobs(model, prompt: ModelInputs, rope_deltas: jax.Array, comp
         if freeze_vision:
             image_features = jax.lax.stop_gradient(image_features)
     prompt_embeds = model.embed(prompt, image_features)
-    comp_positions = completion_positions(prompt.attention_mask, rope_deltas, completions.shape[1])
     deepstack = getattr(model, "deepstack_inputs", None)
     ds = deepstack(prompt, image_features) if deepstack is not None else None
+    head = (lambda h, ids: token_logprobs(h, lm.embed[...], ids, chunk_size=chunk_size, temperature=temperature,
+                                         transpose_w=True)) if lm.lm_head is None else \
+        (lambda h, ids: token_logprobs(h, lm.lm_head[...], ids, chunk_size=chunk_size, temperature=temperature))
     if shared_prompt:
+        rows = identity_packing(completions, completion_mask, g) if packed is None else packed
+        positions = completion_positions(prompt.attention_mask, rope_deltas, rows.offsets, rows.row_prompt)
         hp, hc = lm.shared_prefix(prompt_embeds, prompt.positions, prompt.attention_mask,
-                                  lm.embed_tokens(completions), jnp.repeat(comp_positions, g, axis=1),
-                                  completion_mask, remat=remat, deepstack=ds)
-        # The prompt's last slot (left padding: always real) predicts completion token 0; row slot s, token s + 1.
-        hidden = jnp.concatenate([jnp.repeat(hp[:, -1:], g, axis=0), hc[:, :-1]], axis=1)
-    else:
-        embeds = jnp.concatenate([jnp.repeat(prompt_embeds, g, axis=0), lm.embed_tokens(completions)], axis=1)
-        positions = jnp.repeat(jnp.concatenate([prompt.positions, comp_positions], axis=-1), g, axis=1)
-        kv_valid = jnp.concatenate([jnp.repeat(prompt.attention_mask, g, axis=0), completion_mask], axis=1)
-        extra = {}
-        if ds is not None:
-            index, feats = ds
-            index = jnp.concatenate([jnp.repeat(index, g, axis=0), jnp.full(completions.shape, -1, index.dtype)],
-                                    axis=1)
-            extra["deepstack"] = (index, feats)
-        hidden, _ = lm(embeds, positions, kv_valid, remat=remat, **extra)
-        # The hidden state at slot s predicts the token at slot s + 1.
-        hidden = hidden[:, tp - 1: tp - 1 + completions.shape[1]]
-    if lm.lm_head is None:
-        return token_logprobs(hidden, lm.embed[...], completions, chunk_size=chunk_size, temperature=temperature,
-                              transpose_w=True)
-    return token_logprobs(hidden, lm.lm_head[...], completions, chunk_size=chunk_size, temperature=temperature)
+                                  lm.embed_tokens(rows.tokens), positions, rows.segments, rows.row_prompt,
+                                  remat=remat, deepstack=ds)
+        # A completion's token 0 is predicted by its prompt's last slot (left padding: always real), token
+        # i > 0 by the slot before it in the row.
+        before = jnp.concatenate([jnp.zeros_like(hc[:, :1]), hc[:, :-1]], axis=1)
+        hidden = jnp.where((rows.offsets == 0)[..., None], hp[rows.row_prompt, -1][:, None], before)
+        logprobs, entropy = head(hidden, rows.tokens)
+        return logprobs.reshape(-1)[rows.source], entropy.reshape(-1)[rows.source]
+    tc = completions.shape[1]
+    comp_positions = completion_positions(prompt.attention_mask, rope_deltas,
+                                          jnp.broadcast_to(jnp.arange(tc), (b, tc)))
+    embeds = jnp.concatenate([jnp.repeat(prompt_embeds, g, axis=0), lm.embed_tokens(completions)], axis=1)
+    positions = jnp.repeat(jnp.concatenate([prompt.positions, comp_positions], axis=-1), g, axis=1)
+    kv_valid = jnp.concatenate([jnp.repeat(prompt.attention_mask, g, axis=0), completion_mask], axis=1)
+    extra = {}
+    if ds is not None:
+        index, feats = ds
+        index = jnp.concatenate([jnp.repeat(index, g, axis=0), jnp.full(completions.shape, -1, index.dtype)],
+                                axis=1)
+        extra["deepstack"] = (index, feats)
+    hidden, _ = lm(embeds, positions, kv_valid, remat=remat, **extra)
+    # The hidden state at slot s predicts the token at slot s + 1.
+    return head(hidden[:, tp - 1: tp - 1 + tc], completions)

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from jaxr1.rl.learner import Learner, LearnerState, MicroBatch
+from jaxr1.rl.pack import choose_layout, pack
 from jaxr1.rl.rollout import Rollout, RolloutFn, model_inputs, split_prompts
 
 # Sampler seeds: round 0 is the step's rollout, rounds 1.. its DAPO refills. jax.random.key keeps 32 bits of
@@ -111,27 +112,46 @@ def refill_groups(rollout: RolloutFn, params, batch, roll: Rollout, *, seed_of_r
 
 
 def _micro_batches(ctx: StepContext, state: LearnerState, batch, roll: Rollout, valid_rows: np.ndarray):
-    """Prompt micro-batches on completions cut to the step's longest (bucketed), with old (rl.num_iterations >
-    1; else the first update's own forward gives them) and reference log-probs, dispatched asynchronously."""
+    """Prompt micro-batches on completions cut to the step's longest (bucketed; with rl.pack_completions
+    packed into shared rows, see jaxr1.rl.pack), with old (rl.num_iterations > 1; else the first update's
+    own forward gives them) and reference log-probs, dispatched asynchronously."""
     from jaxr1.parallel import shard_batch
     from jaxr1.rl.trim import trimmed_length
     rl, learner = ctx.cfg.rl, ctx.learner
     Tc = rl.max_completion_length
+    lengths = np.where(valid_rows, roll.lengths, 0)
+    per = len(lengths) // ctx.micro_batches
     Tt = trimmed_length(roll.lengths, Tc) if rl.trim_completions else Tc
+    packing = _packing(ctx, lengths, per)
+    if packing is not None and rl.trim_completions:
+        # The loss layout [completions, Tt] takes the row length, so a step's shapes are (rows, length) only.
+        Tt = min(packing[0], Tc)
     tokens = roll.tokens[:, :Tt]
-    mask = ((np.arange(Tt)[None] < roll.lengths[:, None]) & valid_rows[:, None]).astype(np.int32)
-    per = tokens.shape[0] // ctx.micro_batches
+    mask = ((np.arange(Tt)[None] < lengths[:, None])).astype(np.int32)
     shard = (lambda x: shard_batch(x, ctx.mesh)) if ctx.mesh is not None else (lambda x: x)
     mbs = []
     for c, chunk in enumerate(split_prompts(batch, ctx.micro_batches)):
         inputs, deltas = model_inputs(learner.model_config, chunk, patches_per_slot=ctx.patches_per_slot)
         rows = slice(c * per, (c + 1) * per)
-        mb = shard(MicroBatch(inputs, deltas, tokens[rows], mask[rows], np.zeros(per, np.float32)))
+        packed = None if packing is None else pack(tokens[rows], lengths[rows], rl.num_generations, *packing)
+        mb = shard(MicroBatch(inputs, deltas, tokens[rows], mask[rows], np.zeros(per, np.float32), packed=packed))
         mb = dataclasses.replace(
             mb, old_logprobs=learner.logprobs(state.params, mb) if rl.num_iterations > 1 else None,
             ref_logprobs=learner.logprobs(ctx.ref_params, mb) if ctx.ref_params is not None else None)
         mbs.append(mb)
     return mbs, mask, Tt, shard
+
+
+def _packing(ctx: StepContext, lengths: np.ndarray, per: int) -> tuple[int, int] | None:
+    """rl.pack_completions: the step's (row length, rows per micro-batch), one layout for all its
+    micro-batches (jaxr1.rl.pack.choose_layout); None when completions run one per row."""
+    rl = ctx.cfg.rl
+    if not (rl.pack_completions and rl.shared_prompt):
+        return None
+    from jaxr1.parallel.mesh import BATCH_AXES
+    shards = 1 if ctx.mesh is None else int(np.prod([ctx.mesh.shape[a] for a in BATCH_AXES]))
+    chunks = [lengths[i:i + per] for i in range(0, len(lengths), per)]
+    return choose_layout(chunks, rl.num_generations, max(int(lengths.max()), 1), rl.max_completion_length, shards)
 
 
 def grpo_step(state: LearnerState, batch, ctx: StepContext) -> tuple[LearnerState, dict, StepRecord]:
@@ -197,6 +217,9 @@ def grpo_step(state: LearnerState, batch, ctx: StepContext) -> tuple[LearnerStat
         "completion/length_mean": float(lengths[v].mean()), "completion/length_max": float(lengths[v].max()),
         "completion/truncated_frac": float(np.mean(roll.stop_reason[v] == STOP_LENGTH)),
         "completion/trained_length": float(Tt),
+        # real completion tokens / completion slots the training forward runs (packing, trimming)
+        "completion/train_token_fill": float(mask.sum()) / max(sum(
+            (mb.packed.tokens if mb.packed is not None else mb.completions).size for mb in mbs), 1),
         "rl/dynamic_sampling_refilled_groups": float(dropped_groups),
         "rl/zero_std_frac": float(adv_stats.get("zero_std_frac", 0.0)),
         "rl/sampler_trainer_logprob_gap": float(gap.mean()) if gap.size else 0.0,
