@@ -256,3 +256,20 @@ def test_dynamic_sampling_refills_scores_each_row_once_and_uses_fresh_seeds(base
     step_seeds = {rollout_seed(3, s, 0) for s in range(0, 100_000)}
     refill_seeds = [s for s in rollout.seeds if s not in {rollout_seed(3, k, 0) for k in (1, 2, 3)}]
     assert len(refill_seeds) == 3 and not step_seeds & set(refill_seeds)
+
+
+def test_packed_step_equals_unpacked_step(base, learner, monkeypatch):
+    """grpo_step with its micro-batches packed (forced: the test's step is below MIN_PACK_SLOTS) gives the
+    unpacked step's loss, gradient norm and sampler/trainer gap."""
+    import jaxr1.rl.step as step_mod
+    cfg, model, batches = base
+    cfg, ln = learner
+    out = []
+    for slots in (10**9, 0):
+        monkeypatch.setattr(step_mod, "MIN_PACK_SLOTS", slots)
+        _, metrics, _ = grpo_step(ln.init(fresh(model)), batches[0], ctx_for(cfg, ln))
+        out.append(metrics)
+    plain, packed = out
+    assert packed["completion/train_token_fill"] > plain["completion/train_token_fill"]
+    for k in ("train/loss", "train/grad_norm", "train/entropy", "rl/sampler_trainer_logprob_gap"):
+        assert packed[k] == pytest.approx(plain[k], rel=1e-4, abs=1e-6), k
