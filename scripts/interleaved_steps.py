@@ -46,7 +46,7 @@ def _jaxr1_worker(conn, overrides: list[str], lengths: list[np.ndarray]):
     from jaxr1 import train
     from jaxr1.sampling import STOP_EOS
     real_step, real_rollout = step_mod.grpo_step, rollout_mod.sampler_rollout
-    count = {"step": 0, "rollout": 0}
+    count = {"rollout": 0}
 
     def forced_rollout(learner, rl, *, tokenizer, eos_token_ids, **kw):
         eos = tokenizer.convert_tokens_to_ids(EOS)
@@ -74,7 +74,6 @@ def _jaxr1_worker(conn, overrides: list[str], lengths: list[np.ndarray]):
         jax.block_until_ready(state.params)
         conn.send(dict(wall=time.perf_counter() - t0, sample=metrics["time/sample_s"], train=metrics["time/train_s"],
                        length=metrics["completion/length_mean"], fill=metrics.get("completion/train_token_fill")))
-        count["step"] += 1
         return state, metrics, record
 
     step_mod.grpo_step, rollout_mod.sampler_rollout = gated_step, forced_rollout

@@ -122,12 +122,12 @@ def _micro_batches(ctx: StepContext, state: LearnerState, batch, roll: Rollout, 
     lengths = np.where(valid_rows, roll.lengths, 0)
     per = len(lengths) // ctx.micro_batches
     Tt = trimmed_length(roll.lengths, Tc) if rl.trim_completions else Tc
-    packing = _packing(ctx, lengths, per) if len(lengths) * Tt >= MIN_PACK_SLOTS else None
+    packing = _packing(ctx, lengths, per, Tt)
     if packing is not None and rl.trim_completions:
         # The loss layout [completions, Tt] takes the row length, so a step's shapes are (rows, length) only.
         Tt = min(packing[0], Tc)
     tokens = roll.tokens[:, :Tt]
-    mask = ((np.arange(Tt)[None] < lengths[:, None])).astype(np.int32)
+    mask = (np.arange(Tt)[None] < lengths[:, None]).astype(np.int32)
     shard = (lambda x: shard_batch(x, ctx.mesh)) if ctx.mesh is not None else (lambda x: x)
     mbs = []
     for c, chunk in enumerate(split_prompts(batch, ctx.micro_batches)):
@@ -148,11 +148,12 @@ def _micro_batches(ctx: StepContext, state: LearnerState, batch, roll: Rollout, 
 MIN_PACK_SLOTS = 4096
 
 
-def _packing(ctx: StepContext, lengths: np.ndarray, per: int) -> tuple[int, int] | None:
+def _packing(ctx: StepContext, lengths: np.ndarray, per: int, trimmed: int) -> tuple[int, int] | None:
     """rl.pack_completions: the step's (row length, rows per micro-batch), one layout for all its
-    micro-batches (jaxr1.rl.pack.choose_layout); None when completions run one per row."""
+    micro-batches (jaxr1.rl.pack.choose_layout); None when completions run one per row (packing off, or
+    a step under MIN_PACK_SLOTS trimmed slots)."""
     rl = ctx.cfg.rl
-    if not (rl.pack_completions and rl.shared_prompt):
+    if not (rl.pack_completions and rl.shared_prompt) or len(lengths) * trimmed < MIN_PACK_SLOTS:
         return None
     from jaxr1.parallel.mesh import BATCH_AXES
     shards = 1 if ctx.mesh is None else int(np.prod([ctx.mesh.shape[a] for a in BATCH_AXES]))
