@@ -74,6 +74,7 @@ class RLConfig:
     trim_completions: bool = True         # train on completions cut to the step's longest (bucketed); false: pad to max
     shared_prompt: bool = True            # each prompt once through the decoder for its G completions; false: repeat it
     pack_completions: bool = True         # with shared_prompt: a prompt's completions packed into shared rows
+    compact_finished_rows: bool = True    # sampler: stopped rows leave the batch between decode segments (same tokens)
 
 
 @dataclasses.dataclass

@@ -11,8 +11,10 @@ long-tailed (lognormal, mean ~120, capped at 512), the same draw for every varia
 Executed: the matmul FLOPs of the program each variant traces (jaxr1.flops.dot_flops: every layer of the
 scan counted, padding and masked attention blocks included; remat off). Train step = value_and_grad of the
 completion log-probs (the loss's own work is elementwise). Decode = the sampler's prefill plus its
-decode-loop schedule (segments of 64, 128, ... cache slots; every row runs until the longest stops),
-counted per step from the model's sizes (jaxr1.flops.decoder_flops).
+decode-loop schedule (segments of 64, 128, ... cache slots; the rows still live after each segment are
+compacted as `jaxr1.sampling.sampler.compaction_plan` regroups them, or, "no compaction", every row runs
+until the longest stops), counted per step from the model's sizes (jaxr1.flops.decoder_flops). The 61M
+preset also times the rollout both ways, each row stopped at its drawn length.
 Necessary: each prompt once at its real length, each completion to its own length, attention over the
 real causal context only; forward + backward = 3 x forward; the vision tower once per image as executed.
 Timed (--timed small|realistic|both): whole GRPO steps of `python -m jaxr1.train` and TRL's GRPOTrainer on
@@ -97,6 +99,12 @@ def train_flops(model, mcfg, batch, lengths) -> tuple[dict, float, tuple]:
             return (lp * mask).sum()
         out[name] = dot_flops(jax.value_and_grad(loss), params)
     vision = dot_flops(lambda p: nnx.merge(graphdef, p).encode_images(inputs.vision), params)
+    if getattr(inputs.vision, "window_slots", None) is not None:   # window layers over the masked slot instead
+        import dataclasses
+        masked = dataclasses.replace(inputs.vision, window_slots=None)
+        whole = dot_flops(lambda p: nnx.merge(graphdef, p).encode_images(masked), params)
+        print(f"  vision tower forward {vision:.3e} FLOPs with windows as blocks, {whole:.3e} over the masked "
+              f"slot ({whole / vision:.2f}x)")
     return out, vision, layout
 
 
@@ -136,6 +144,42 @@ def timed_train(model, mcfg, batch, lengths, repeats: int) -> dict:
     return out
 
 
+def timed_decode(model, batch, lengths, repeats: int) -> dict:
+    """Seconds per rollout (prefill + decode, best of `repeats` after a compiling call) with and without
+    compaction of finished rows, each row stopped at its drawn length (the sampler's stop bookkeeping is
+    wrapped for this process only: a row is done once it holds its target count; no EOS otherwise)."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxr1.sampling import generate, sampler
+    real_record, target = sampler._record, jnp.asarray(lengths, jnp.int32)
+
+    def forced(s, spec, token, lp, slp, gen):
+        out = real_record(s, spec, token, lp, slp, gen)
+        stop = ~out.done & (out.lengths >= target[jnp.maximum(out.row_id, 0)])
+        return dataclasses.replace(out, done=out.done | stop,
+                                   stop_reason=jnp.where(stop, sampler.STOP_EOS, out.stop_reason))
+    sampler._record = forced
+    times = {}
+    try:
+        for compact in (False, True):
+            run = lambda: generate(model, **batch, max_new_tokens=MAX_LEN, temperature=1.0, num_samples=G,
+                                   eos_token_ids=(), seed=0, compact=compact)
+            out = jax.block_until_ready(run())
+            np.testing.assert_array_equal(np.asarray(out.lengths), lengths)
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(run())
+                best = min(best, time.perf_counter() - t0)
+            times[compact] = best
+    finally:
+        sampler._record = real_record
+    return times
+
+
 def necessary_train(mcfg, prompt_lengths, lengths, vision) -> float:
     from jaxr1.flops import decoder_flops
     f = decoder_flops(mcfg.text)
@@ -147,19 +191,33 @@ def necessary_train(mcfg, prompt_lengths, lengths, vision) -> float:
     return 3.0 * fwd
 
 
-def decode_flops(mcfg, prompt_lengths, tp, lengths, vision) -> tuple[float, float]:
+def decode_schedule(lengths: np.ndarray, windows, compact: bool) -> list[tuple[int, int, int]]:
+    """(window, decode steps, rows) of each segment the sampler runs for these completion lengths: every row
+    until the longest stops, or (compact) the rows sampler.compaction_plan keeps after each segment."""
+    from jaxr1.sampling.sampler import compaction_plan
+    out, lo, n = [], 0, G
+    steps, group_prompt = int(lengths.max()) - 1, np.arange(len(lengths) // G)   # token 0 comes from the prefill
+    for w in windows:
+        if lo >= steps:
+            break
+        out.append((w, min(w, steps) - lo, len(group_prompt) * n))
+        lo = w
+        plan = compaction_plan(lengths <= w + 1, group_prompt, n) if compact else None   # (the real rows: see
+        if plan is not None:                                                         # `sampler` for the ids)
+            src_rows, _, group_prompt, n = plan
+            lengths = np.where(src_rows >= 0, lengths[np.maximum(src_rows, 0)], 0)
+    return out
+
+
+def decode_flops(mcfg, prompt_lengths, tp, lengths, vision, compact: bool = True) -> tuple[float, float]:
     """(executed, necessary) FLOPs of a rollout: prefill + decode loop (see the module docstring)."""
     from jaxr1.flops import decoder_flops
     from jaxr1.sampling.sampler import DecodeSpec
     f = decoder_flops(mcfg.text)
-    rows = len(lengths)
     windows = DecodeSpec(mode=None, num_samples=G, gen_len=MAX_LEN, eos_token_ids=(), pad_token_id=0).windows
     executed = vision + PROMPTS * (tp * f["token"] + f["pair"] * tp * tp + f["logit"])   # XLA prefill: T x T
-    steps, lo = int(lengths.max()) - 1, 0   # token 0 comes from the prefill
-    for w in windows:
-        n = max(0, min(w, steps) - lo)
-        executed += n * rows * (f["token"] + f["logit"] + f["pair"] * (tp + w))
-        lo = w
+    executed += sum(steps * r * (f["token"] + f["logit"] + f["pair"] * (tp + w))
+                    for w, steps, r in decode_schedule(lengths, windows, compact))
     necessary = vision
     for p, P in enumerate(prompt_lengths):
         necessary += P * f["token"] + f["pair"] * P * (P + 1) / 2 + f["logit"]
@@ -179,6 +237,7 @@ def report(title, model, mcfg, seeds, timed_repeats: int = 0):
         executed, vision, (L, R) = train_flops(model, mcfg, batch, lengths)
         need = necessary_train(mcfg, real, lengths, vision)
         d_exec, d_need = decode_flops(mcfg, real, batch["input_ids"].shape[1], lengths, vision)
+        d_full, _ = decode_flops(mcfg, real, batch["input_ids"].shape[1], lengths, vision, compact=False)
         print(f"seed {seed}: completion lengths mean {lengths.mean():.0f}, max {lengths.max()}, sum {lengths.sum()}; "
               f"prompts {real.min()}-{real.max()} tokens (padded {batch['input_ids'].shape[1]}); packed into "
               f"{R} rows x {L} ({lengths.sum() / (R * L):.0%} full); traced in {time.time() - t0:.0f} s")
@@ -187,8 +246,9 @@ def report(title, model, mcfg, seeds, timed_repeats: int = 0):
             print(f"  train step {name:<17} executed {x:.3e}  executed/necessary {x / need:.2f}")
             rows.setdefault(name, []).append(x / need)
         print(f"  decode (rollout)             executed {d_exec:.3e}  necessary {d_need:.3e}  "
-              f"executed/necessary {d_exec / d_need:.2f}")
+              f"executed/necessary {d_exec / d_need:.2f} (without compaction of finished rows {d_full / d_need:.2f})")
         rows.setdefault("decode", []).append(d_exec / d_need)
+        rows.setdefault("decode, no compaction", []).append(d_full / d_need)
     print("  mean over seeds: " + ", ".join(f"{k} {np.mean(v):.2f}" for k, v in rows.items()))
     if timed_repeats:
         lengths = draw_lengths(seeds[0])
@@ -197,6 +257,9 @@ def report(title, model, mcfg, seeds, timed_repeats: int = 0):
         for name, t in timed_train(model, mcfg, batch, lengths, timed_repeats).items():
             print(f"    {name:<17} forward {t['forward']:.2f} s, forward+backward {t['forward+backward']:.2f} s: "
                   f"{t['forward+backward'] / t['forward']:.2f}x the forward")
+        t = timed_decode(model, batch, lengths, timed_repeats)
+        print(f"    rollout (prefill + decode, {len(lengths)} rows to their own lengths): all rows to the longest "
+              f"{t[False]:.2f} s, finished rows compacted {t[True]:.2f} s: {t[False] / t[True]:.2f}x")
     return rows
 
 

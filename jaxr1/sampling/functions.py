@@ -72,12 +72,13 @@ def nucleus_threshold(probs: jax.Array, top_p: jax.Array) -> jax.Array:
 
 
 def inverse_cdf(key: jax.Array, weights: jax.Array) -> jax.Array:
-    """One draw per row from unnormalised non-negative weights [R, V], with one uniform per row."""
+    """One draw per row from unnormalised non-negative weights [R, V], with one uniform per row (key: one
+    key, or [R] keys)."""
     r, v = weights.shape
     pad = -v % _CHUNK
     w = jnp.pad(weights, ((0, 0), (0, pad))).reshape(r, -1, _CHUNK)
     chunk_cum = jnp.cumsum(jnp.sum(w, axis=-1), axis=-1)                  # [R, C]
-    target = (1.0 - jax.random.uniform(key, (r, 1))) * chunk_cum[:, -1:]   # in (0, total]
+    target = (1.0 - _uniform(key, r)) * chunk_cum[:, -1:]   # in (0, total]
     c = jnp.minimum(jnp.sum(chunk_cum < target, axis=-1), chunk_cum.shape[1] - 1)
     before = jnp.where(c > 0, jnp.take_along_axis(chunk_cum, jnp.maximum(c - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
     inner = jnp.cumsum(jnp.take_along_axis(w, c[:, None, None], axis=1)[:, 0], axis=-1)   # [R, 128]
@@ -87,6 +88,19 @@ def inverse_cdf(key: jax.Array, weights: jax.Array) -> jax.Array:
     return (c * _CHUNK + j).astype(jnp.int32)
 
 
+def _uniform(key: jax.Array, r: int) -> jax.Array:
+    """[r, 1] uniforms from one key, or one per row from keys [r] (draws that do not depend on a row's place)."""
+    if key.ndim == 0:
+        return jax.random.uniform(key, (r, 1))
+    return jax.vmap(lambda k: jax.random.uniform(k, (1,)))(key)
+
+
+def _gumbel(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    if key.ndim == 0:
+        return jax.random.gumbel(key, shape)
+    return jax.vmap(lambda k: jax.random.gumbel(k, shape[1:]))(key)
+
+
 def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx[:, None], axis=-1)[:, 0]
 
@@ -94,14 +108,15 @@ def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
 def _draw_candidates(key, cand_logits, cand_ids, keep, log_norm):
     """Gumbel-max among candidates ([R, C], masked by keep); returns token, full logprob, sampling logprob."""
     masked = jnp.where(keep, cand_logits, -jnp.inf)
-    choice = first_argmax(masked + jax.random.gumbel(key, masked.shape))
+    choice = first_argmax(masked + _gumbel(key, masked.shape))
     picked = _gather(cand_logits, choice)
     return _gather(cand_ids, choice).astype(jnp.int32), picked - log_norm[:, 0], picked - jax.nn.logsumexp(masked, -1)
 
 
 def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
                   mode: SamplingMode) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """logits [R, V] -> (tokens [R] int32, logprob [R], sampling_logprob [R])."""
+    """logits [R, V] -> (tokens [R] int32, logprob [R], sampling_logprob [R]). key: one key for the step, or
+    one per row ([R] keys: the sampler's, so a row draws the same tokens wherever it sits in the batch)."""
     logits = logits.astype(jnp.float32)
     if mode.greedy:
         token = first_argmax(logits)

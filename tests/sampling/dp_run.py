@@ -17,7 +17,7 @@ from flax import nnx  # noqa: E402
 from jaxr1.assets import tiny_model_dir  # noqa: E402
 from jaxr1.models import qwen2_5_vl  # noqa: E402
 from jaxr1.parallel import make_mesh, shard_params  # noqa: E402
-from jaxr1.sampling import generate, make_spec, prepare_prompts  # noqa: E402
+from jaxr1.sampling import CALLS, generate, make_spec, prepare_prompts  # noqa: E402
 from jaxr1.sampling.layout import gather_params, place_prompts  # noqa: E402
 from jaxr1.sampling.sampler import decode_fn, prefill_fn  # noqa: E402
 from jaxr1.targets import loop_body_collectives  # noqa: E402
@@ -70,6 +70,16 @@ def main(data: int, fsdp: int):
         samp = dict(kw, temperature=1.0, top_k=8, seed=3)
         np.testing.assert_array_equal(generate(sharded_model, **batch, **samp, mesh=mesh).tokens,
                                       generate(model, **batch, **samp).tokens)
+        # Rows that stop (a third of the vocabulary is EOS) leave between segments: the same rows as one
+        # device without compaction, and the output still split by row.
+        stop = dict(samp, eos_token_ids=tuple(range(1, cfg.text.vocab_size, 3)), max_new_tokens=16, num_samples=4)
+        seg0, rows0 = CALLS["segment"], CALLS["segment_rows"]
+        compacted = generate(sharded_model, **batch, **stop, mesh=mesh)
+        assert CALLS["segment_rows"] - rows0 < (CALLS["segment"] - seg0) * b * 4, "no segment ran on fewer rows"
+        plain = generate(model, **batch, **stop, compact=False)
+        for name in ("tokens", "lengths", "stop_reason"):
+            np.testing.assert_array_equal(getattr(compacted, name), getattr(plain, name), err_msg=name)
+        assert rows_per_device(compacted.tokens) == b * 4 // 8
         rows = b * n
         for name in ("tokens", "lengths", "logprobs", "sampling_logprobs", "stop_reason"):
             x = getattr(out, name)

@@ -54,7 +54,8 @@ def sampled_images(tiny_pair, monkeypatch_module):
     jax.clear_caches()  # make sure this call traces (and so records) its programs
     batch = image_batch()
     before = dict(CALLS)
-    out = generate(model, **batch, max_new_tokens=8, temperature=1.0, num_samples=3, eos_token_ids=(), seed=7)
+    # A seed whose draws hold no vision special token (teacher forcing would read one as an image run).
+    out = generate(model, **batch, max_new_tokens=8, temperature=1.0, num_samples=3, eos_token_ids=(), seed=8)
     calls = {k: CALLS[k] - before.get(k, 0) for k in ("prefill", "prefill_rows", "decode")}
     monkeypatch_module.undo()
     return batch, out, traced, calls
@@ -98,8 +99,8 @@ def test_seed_determinism(tiny_pair, sampled_images):
     _, model = tiny_pair
     batch, out, _, _ = sampled_images
     n0 = compile_count()
-    again = generate(model, **batch, max_new_tokens=8, temperature=1.0, num_samples=3, eos_token_ids=(), seed=7)
-    other = generate(model, **batch, max_new_tokens=8, temperature=1.0, num_samples=3, eos_token_ids=(), seed=8)
+    again = generate(model, **batch, max_new_tokens=8, temperature=1.0, num_samples=3, eos_token_ids=(), seed=8)
+    other = generate(model, **batch, max_new_tokens=8, temperature=1.0, num_samples=3, eos_token_ids=(), seed=9)
     assert compile_count() == n0
     np.testing.assert_array_equal(again.tokens, out.tokens)
     np.testing.assert_array_equal(again.logprobs, out.logprobs)
