@@ -27,6 +27,7 @@ class VisionInputs:
     window_ids: jax.Array   # [S, P]
     frame_ids: jax.Array    # [S, P]
     restore: jax.Array      # [S, P / merge_unit]
+    window_slots: jax.Array | None = None   # [S, W, window patches]: windows as blocks (None: no window layers)
 
 
 @jax.tree_util.register_dataclass
@@ -48,7 +49,8 @@ def prepare_inputs(cfg: ModelConfig, input_ids, attention_mask=None, pixel_value
         layout = build_vision_layout(pixel_values, image_grid_thw, spatial_merge_size=v.spatial_merge_size,
                                      window_size=v.window_size, patch_size=v.patch_size,
                                      num_slots=num_image_slots, patches_per_slot=patches_per_slot)
-        inputs = VisionInputs(layout.patches, layout.rope_hw, layout.window_ids, layout.frame_ids, layout.restore)
+        inputs = VisionInputs(layout.patches, layout.rope_hw, layout.window_ids, layout.frame_ids, layout.restore,
+                              layout.window_slots)
         return inputs, layout.num_tokens, layout.restore.shape[1]
 
     return prepare_with_vision(cfg, input_ids, attention_mask, pixel_values, image_grid_thw, vision_inputs)
@@ -126,7 +128,7 @@ class Qwen2_5_VL(VisionLanguageModel):
     def encode_images(self, vision: VisionInputs, *, remat: bool = False) -> jax.Array:
         """[S, P, patch_dim] -> [S * P / merge_unit, D] flat merged image features."""
         feats = self.visual(vision.patches, vision.rope_hw, vision.window_ids, vision.frame_ids, vision.restore,
-                            remat=remat)
+                            remat=remat, window_slots=vision.window_slots)
         return feats.reshape(-1, feats.shape[-1])
 
 

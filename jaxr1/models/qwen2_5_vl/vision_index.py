@@ -6,6 +6,8 @@ images go one per *slot* in a [num_slots, patches_per_slot, ...] array, padded. 
 reordered window by window (transformers' `get_vision_window_index`); window and frame ids become attention
 segment ids, so attention never crosses images (slots), frames or windows. Pad patches get id -1 and only
 see each other. `restore` maps each merged token back from window order to the processor's order.
+`window_slots` puts the windows side by side as blocks ([S, W, window patches], -1 = empty) so the tower's
+window layers attend within blocks (cost ~ P x window) instead of over the whole slot under a mask (~ P^2).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class VisionLayout:
     frame_ids: np.ndarray    # [S, P] int32, -1 on padding (full-attention segments)
     restore: np.ndarray      # [S, P // merge_unit] int32, window order -> processor order
     num_tokens: np.ndarray   # [S] int32, merged tokens per slot (0 for empty slots)
+    window_slots: np.ndarray | None = None   # [S, W, window patches] int32 patch index (window order), -1 empty
 
 
 def next_bucket(n: int, minimum: int = 16) -> int:
@@ -93,7 +96,31 @@ def build_vision_layout(pixel_values: np.ndarray, image_grid_thw: np.ndarray, *,
         restore[s, :n // unit] = np.argsort(order)
         num_tokens[s] = n // unit
         start += n
-    return VisionLayout(patches, rope_hw, window_ids, frame_ids, restore, num_tokens)
+    slots = None if window_size is None else window_blocks(window_ids, (window_size // patch_size) ** 2)
+    return VisionLayout(patches, rope_hw, window_ids, frame_ids, restore, num_tokens, slots)
+
+
+def window_blocks(window_ids: np.ndarray, window_patches: int) -> np.ndarray:
+    """[S, W, window_patches]: the patch indices of each slot's windows (contiguous runs of window_ids in window
+    order), one window per block, -1 past a window's end and in unused blocks. W is a power of two from
+    P / window_patches up (images whose edge windows are partial need more blocks than that), so batches of
+    one patch bucket share one or two shapes."""
+    n_slots, p_slot = window_ids.shape
+    runs = []
+    for ids in window_ids:
+        real = ids[ids >= 0]
+        _, starts, counts = np.unique(real, return_index=True, return_counts=True)
+        order = np.argsort(starts)
+        runs.append((starts[order], counts[order]))
+    if any((c > window_patches).any() for _, c in runs):
+        raise ValueError(f"a window holds more than {window_patches} patches")
+    most = max([len(s) for s, _ in runs] + [1])
+    blocks = next_bucket(most, max(1, p_slot // window_patches))
+    out = np.full((n_slots, blocks, window_patches), -1, np.int32)
+    for s, (starts, counts) in enumerate(runs):
+        for w, (a, c) in enumerate(zip(starts, counts)):
+            out[s, w, :c] = np.arange(a, a + c)
+    return out
 
 
 def image_token_index(input_ids: np.ndarray, image_token_id: int, num_tokens: np.ndarray,

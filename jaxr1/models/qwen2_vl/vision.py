@@ -74,10 +74,10 @@ class VisionTower(nnx.Module):
         self.merger = PatchMerger(cfg, dtype, rngs)
 
     def __call__(self, patches: jax.Array, rope_hw: jax.Array, window_ids: jax.Array, frame_ids: jax.Array,
-                 restore: jax.Array, *, remat: bool = False) -> jax.Array:
-        """patches [S, P, patch_dim] -> merged features [S, P/4, out_hidden] (processor order). window_ids is
-        accepted for the shared call signature and unused: there is no window attention."""
-        del window_ids
+                 restore: jax.Array, *, remat: bool = False, window_slots: jax.Array | None = None) -> jax.Array:
+        """patches [S, P, patch_dim] -> merged features [S, P/4, out_hidden] (processor order). window_ids and
+        window_slots are accepted for the shared call signature and unused: there is no window attention."""
+        del window_ids, window_slots
         cfg = self.cfg
         dtype = self.patch_embed[...].dtype
         x = patches.astype(dtype) @ self.patch_embed[...]
