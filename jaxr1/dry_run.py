@@ -168,6 +168,14 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
         grads_c = Learner.grads_fn.lower(learner, params, learner.frozen, abstract_mb, normalizer).compile()
         grads_abs = _outputs(grads_c, mesh)[0]
         apply_c = Learner.apply.lower(learner, learner_state, grads_abs).compile()
+        packed_c, packed_layout = None, None
+        if cfg.rl.pack_completions and cfg.rl.shared_prompt:
+            # The steady-state program: completions packed into shared rows (jaxr1.rl.pack). Its layout
+            # depends on the lengths; this compiles the one for completions of Tc / 4 (the recipes' typical).
+            packed_mb, packed_layout = _packed_micro_batch(mb, cfg.rl, mesh)
+            log.info("compiling the packed train step (%d rows x %d)", packed_layout[1], packed_layout[0])
+            packed_c = Learner.grads_fn.lower(learner, params, learner.frozen, _shard_abstract(packed_mb, mesh),
+                                              normalizer).compile()
 
         log.info("compiling the sampler (%d prompts x %d samples, %d new tokens)", b, G, Tc)
         spec = make_spec(mcfg, max_new_tokens=Tc, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
@@ -190,6 +198,13 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     kernel_call = {"splash": "tpu_custom_call", "cudnn": "__cudnn$fmha"}.get(chosen["text"])
     report["kernel_in_train_step"] = (None if kernel_call is None else
                                       any(c.startswith(kernel_call) for c in targets.custom_calls(train_text)))
+    if packed_c is not None:
+        packed_text = targets.hlo_text(packed_c)
+        report["packed_train_step"] = {
+            "layout": f"{packed_layout[1]} rows x {packed_layout[0]}",
+            "temp": _memory(packed_c).get("temp", 0),
+            "kernel": None if kernel_call is None else any(c.startswith(kernel_call)
+                                                           for c in targets.custom_calls(packed_text))}
     loop = targets.loop_body_collectives(targets.hlo_text(decode_c))
     report["decode_loop_collectives"] = {k: len(v) for k, v in loop.items() if v}
 
@@ -241,6 +256,27 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     return report
 
 
+def _packed_micro_batch(mb, rl, mesh):
+    """The micro-batch `mb` (completions [rows, Tc]) with every completion Tc / 4 tokens long, packed as the
+    step packs it (jaxr1.rl.step._packing): (MicroBatch, (row length, rows))."""
+    import dataclasses
+
+    from jaxr1.parallel.mesh import BATCH_AXES
+    from jaxr1.rl.pack import choose_layout, pack
+    rows, tc = mb.completions.shape
+    lengths = np.full(rows, max(1, tc // 4), np.int32)
+    shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
+    L, R = choose_layout([lengths], rl.num_generations, int(lengths.max()), tc, shards)
+    t = min(L, tc)
+    tokens = np.zeros((rows, t), np.int32)
+    mask = (np.arange(t)[None] < lengths[:, None]).astype(np.int32)
+    lp = np.zeros((rows, t), np.float32)
+    packed = pack(tokens, lengths, rl.num_generations, L, R)
+    return dataclasses.replace(mb, completions=tokens, mask=mask, old_logprobs=lp if mb.old_logprobs
+                               is not None else None, ref_logprobs=lp if mb.ref_logprobs is not None else None,
+                               packed=packed), (L, R)
+
+
 def _train_flops(mcfg, tokens: int, remat: bool, lora: bool = False) -> float:
     """Matmul FLOPs of forward + backward over `tokens` through the text decoder's weights (2 per weight per
     token forward, 4 backward (2 with LoRA: no weight gradient for the frozen base; the adapters' own are
@@ -276,6 +312,10 @@ def _print(r: dict, cfg) -> None:
     print(f"  attention: {r['attention']}; fused kernel in the train step: {r['kernel_in_train_step']}")
     print(f"  micro-batch rows per device: {r['rows_per_device']} of {r['rows']}"
           f"{' (replicated: every chip computes all)' if r['rows_per_device'] == r['rows'] and r['devices'] > 1 else ''}")
+    if "packed_train_step" in r:
+        pk = r["packed_train_step"]
+        print(f"  packed train step (completions of max/4 tokens, {pk['layout']}): activations/"
+              f"temporaries {pk['temp'] / GB:.2f} GiB; fused kernel: {pk['kernel']}")
     print(f"  decode loop body collectives: {r['decode_loop_collectives'] or 'none'}")
     verdict = "fits" if r["fits"] else "does NOT fit"
     print(f"verdict: {verdict} ({r['peak'] / GB:.1f} of {r['limit'] / GB:.0f} GiB per device); "

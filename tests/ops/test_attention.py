@@ -144,6 +144,17 @@ def test_kernel_block():
     assert kernel_block("xla") == 1 and kernel_block("cudnn") == 1 and kernel_block("splash") == 128
 
 
+def test_length_buckets_are_kernel_block_multiples():
+    """What a kernel attends over: prompt-length buckets (sampler prefill, the training prompts' self-attention)
+    and patch buckets (the vision slots) are multiples of splash's block from 128 up, so the wrapper pads
+    nothing there (shorter ones it pads to one block)."""
+    from jaxr1.models.qwen2_5_vl.vision_index import next_bucket
+    from jaxr1.sampling.buckets import bucket_prompt_length
+    block = kernel_block("splash")
+    assert all(bucket_prompt_length(n) % block == 0 for n in range(block, 6000))
+    assert all(next_bucket(n, 64) % block == 0 for n in range(block, 20000, 7))
+
+
 def test_auto_runs_on_this_backend():
     q, k, v = qkv(16)
     seg = jnp.ones((B, 16), jnp.int32)
