@@ -55,14 +55,20 @@ def rows_needed(lengths: np.ndarray, group: int, length: int) -> int:
     return sum(len(first_fit(lengths[i:i + group], length)) for i in range(0, len(lengths), group))
 
 
+ROW_MULTIPLE = 16   # XLA:GPU (jax 0.10) fails to tile the packed attention's dots at some lengths off 16
+                    # ("Couldn't find output tile sizes", H100 target, rows 28 / 40 / 56; test_compile_targets)
+
+
 def row_lengths(max_len: int) -> list[int]:
-    """Row lengths a step may pack into: 16 x 2^k x {1, 1.25, 1.5, 1.75} (at most 1.25x apart) up to
-    2 x max_len; rows longer than any completion hold more of them (fewer half-empty rows per prompt)."""
+    """Row lengths a step may pack into: 16 x 2^k x {1, 1.25, 1.5, 1.75} (at most 1.25x apart from 64 up)
+    rounded up to a multiple of ROW_MULTIPLE, up to 2 x max_len (so rounded); rows longer than any completion
+    hold more of them (fewer half-empty rows per prompt)."""
+    up = lambda n: -(-n // ROW_MULTIPLE) * ROW_MULTIPLE
     sizes, k = set(), 16
     while k < 2 * max_len:
-        sizes.update(k * q // 4 for q in (4, 5, 6, 7))
+        sizes.update(up(k * q // 4) for q in (4, 5, 6, 7))
         k *= 2
-    return sorted(s for s in sizes | {2 * max_len} if s <= 2 * max_len)
+    return sorted(s for s in sizes | {up(2 * max_len)} if s <= up(2 * max_len))
 
 
 def row_buckets(multiple: int, most: int) -> list[int]:

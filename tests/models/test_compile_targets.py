@@ -85,3 +85,40 @@ def test_sampler_prefill_has_the_kernel_and_decode_loop_gathers_no_weights(targe
     assert not found["all-gather"], found["all-gather"][:3]
     rows = state.tokens.sharding.shard_shape(state.tokens.shape)[0]
     assert rows == state.tokens.shape[0] // 4, (rows, state.tokens.shape)   # 8 rows over fsdp=4: 2 per chip
+
+
+@pytest.mark.parametrize("target", ["tpu-v5p", "h100"])
+def test_whole_model_train_step_compiles_with_the_kernel_forward_and_backward(target, tmp_path):
+    """value_and_grad of the trainer's log-probs (shared prompt, completions packed into rows: the default
+    layout) on 4 prompts with an image each x G = 2, the batch split over fsdp = 4: the kernel is in the
+    forward and in the backward. (With rows of 28 tokens, before rl.pack.ROW_MULTIPLE, the H100 compile
+    failed: "Couldn't find output tile sizes" in the packed attention's dots.)"""
+    from jaxr1.parallel.rules import batch_shardings
+    from jaxr1.rl.pack import choose_layout, pack
+    from jaxr1.rl.policy import completion_logprobs
+    from tests import hf_tiny
+    mesh, model, patch, _, graphdef, params = _setup(target, tmp_path)
+    grids = [(1, 4, 6)]
+    pv, grid = hf_tiny.random_image_inputs(grids, patch=patch)
+    ids, mask = hf_tiny.left_pad([hf_tiny.prompt_ids(9, grids, seed=s) for s in range(4)])
+    pad = 64 - ids.shape[1]   # the pipeline pads prompts to data.pad_multiple (64)
+    ids, mask = np.pad(ids, ((0, 0), (pad, 0))), np.pad(mask, ((0, 0), (pad, 0)))
+    inputs, deltas = model.prepare_inputs(model.config, ids, mask, np.concatenate([pv] * 4),
+                                          np.concatenate([grid] * 4))
+    lengths = np.array([5, 12, 16, 3, 9, 16, 7, 2], np.int32)
+    L, R = choose_layout([lengths], 2, 16, 16, 4)
+    comp = np.ones((8, 16), np.int32)
+    cmask = (np.arange(16)[None] < lengths[:, None]).astype(np.int32)
+    batch = (inputs, np.asarray(deltas, np.int32), comp, cmask, pack(comp, lengths, 2, L, R))
+
+    def loss(p, b):
+        inputs, deltas, comp, cmask, packed = b
+        lp, _ = completion_logprobs(nnx.merge(graphdef, p), inputs, deltas, comp, cmask, packed=packed)
+        return (lp * cmask).sum()
+    args = (params, _abstract(batch, batch_shardings(batch, mesh)))
+    text = targets.hlo_text(targets.compile_for(jax.value_and_grad(loss), args, target=target, mesh=mesh))
+    calls = [c for c in targets.custom_calls(text) if c.startswith(KERNEL_CALL[target])]
+    if target == "h100":
+        assert any("Backward" in c for c in calls) and any("Backward" not in c for c in calls), calls
+    else:   # splash: the forward kernel and the backward's dq / dkv kernels
+        assert len(set(calls)) >= 1 and text.count(KERNEL_CALL[target]) >= 2, calls
