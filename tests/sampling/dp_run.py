@@ -21,7 +21,7 @@ from jaxr1.sampling import CALLS, generate, make_spec, prepare_prompts  # noqa: 
 from jaxr1.sampling.layout import gather_params, place_prompts  # noqa: E402
 from jaxr1.sampling.sampler import decode_fn, prefill_fn  # noqa: E402
 from jaxr1.targets import loop_body_collectives  # noqa: E402
-from tests import hf_tiny  # noqa: E402
+from tests.sampling.prompts import mixed_batch as prompts  # noqa: E402
 
 def summary(found) -> str:
     return ", ".join(f"{op} {len(v)}" for op, v in found.items() if v) or "none"
@@ -29,15 +29,6 @@ def summary(found) -> str:
 
 def rows_per_device(x) -> int:
     return x.sharding.shard_shape(x.shape)[0]
-
-
-def prompts(cfg, b: int):
-    img = cfg.image_token_id
-    rows = [[5 + i, 6, cfg.vision_start_token_id] + [img] * 4 + [cfg.vision_end_token_id] + [7 + j for j in range(i)]
-            if i % 2 == 0 else [9 + i, 10, 11, 12 + i][: 2 + i % 3] for i in range(b)]
-    ids, mask = hf_tiny.left_pad(rows)
-    pv, thw = hf_tiny.random_image_inputs([(1, 4, 4)] * ((b + 1) // 2))
-    return dict(input_ids=ids, attention_mask=mask, pixel_values=pv, image_grid_thw=thw)
 
 
 def decode_hlo(graphdef, params, batch, spec, new):

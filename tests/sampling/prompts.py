@@ -53,3 +53,13 @@ def repeat_images(batch, n):
                 pv.append(batch["pixel_values"][starts[i]:starts[i + 1]])
                 thw.append(grids[i])
     return np.concatenate(pv), np.stack(thw)
+
+
+def mixed_batch(cfg, b: int):
+    """b prompts of the embedded tiny model's vocabulary: even rows with one 4 x 4-patch image, odd rows text."""
+    img = cfg.image_token_id
+    rows = [[5 + i, 6, cfg.vision_start_token_id] + [img] * 4 + [cfg.vision_end_token_id] + [7 + j for j in range(i)]
+            if i % 2 == 0 else [9 + i, 10, 11, 12 + i][: 2 + i % 3] for i in range(b)]
+    ids, mask = hf_tiny.left_pad(rows)
+    pv, thw = hf_tiny.random_image_inputs([(1, 4, 4)] * ((b + 1) // 2))
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=pv, image_grid_thw=thw)

@@ -74,3 +74,25 @@ def test_compacted_decode_equals_full_rows(tiny_pair, loop):
     assert set(np.asarray(full.stop_reason).tolist()) <= {STOP_EOS, STOP_LENGTH} and len(set(lengths.tolist())) > 3
     b = batch["input_ids"].shape[0]
     assert segments >= 2 and rows < segments * b * 8, (segments, rows)   # some segment ran on fewer rows
+
+
+@pytest.mark.slow
+def test_two_processes_compact_to_the_same_rows():
+    """jax.distributed over 2 localhost processes (4 CPU devices each): each process's view of the compacted,
+    row-sharded rollout equals its own single-device run without compaction."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.sampling.multihost_compact_run", str(i), str(port)],
+                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-4000:]
+        assert ": ok" in log, log[-2000:]
