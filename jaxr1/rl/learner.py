@@ -52,8 +52,9 @@ class LearnerState:
 def make_schedule(cfg: OptimConfig, total_steps: int):
     warm = max(cfg.warmup_steps, 0)
     if cfg.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(warm, 1) if warm else 1,
-                                                  max(total_steps, warm + 1), end_value=0.0)
+        if not warm:   # starts at lr: optax's warmup schedule with one warmup step would make update 1 a no-op
+            return optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1), alpha=0.0)
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warm, max(total_steps, warm + 1), end_value=0.0)
     if warm:
         return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), optax.constant_schedule(cfg.lr)],
                                     [warm])

@@ -273,3 +273,16 @@ def test_packed_step_equals_unpacked_step(base, learner, monkeypatch):
     assert packed["completion/train_token_fill"] > plain["completion/train_token_fill"]
     for k in ("train/loss", "train/grad_norm", "train/entropy", "rl/sampler_trainer_logprob_gap"):
         assert packed[k] == pytest.approx(plain[k], rel=1e-4, abs=1e-6), k
+
+
+def test_schedules_make_the_first_update_count():
+    """optim.schedule=cosine with warmup_steps=0 starts at lr (the embedded default: a 0 there made update 1
+    a no-op, so 2-step runs never moved the weights); with warmup it rises from 0 over warmup_steps."""
+    from jaxr1.config import OptimConfig
+    from jaxr1.rl.learner import make_schedule
+    lr = 1e-4
+    cosine = make_schedule(OptimConfig(lr=lr, schedule="cosine"), 10)
+    assert float(cosine(0)) == pytest.approx(lr) and float(cosine(10)) == pytest.approx(0.0, abs=1e-12)
+    assert float(make_schedule(OptimConfig(lr=lr), 10)(0)) == pytest.approx(lr)
+    warm = make_schedule(OptimConfig(lr=lr, schedule="cosine", warmup_steps=2), 10)
+    assert [float(warm(i)) for i in range(3)] == pytest.approx([0.0, lr / 2, lr])
