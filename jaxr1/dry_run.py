@@ -196,15 +196,13 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
         decode_c = decode_fn.lower(sampler_graphdef, policy, state, spec=spec).compile()
     train_text = targets.hlo_text(grads_c)
     kernel_call = {"splash": "tpu_custom_call", "cudnn": "__cudnn$fmha"}.get(chosen["text"])
-    report["kernel_in_train_step"] = (None if kernel_call is None else
-                                      any(c.startswith(kernel_call) for c in targets.custom_calls(train_text)))
+    has_kernel = lambda text: (None if kernel_call is None else
+                               any(c.startswith(kernel_call) for c in targets.custom_calls(text)))
+    report["kernel_in_train_step"] = has_kernel(train_text)
     if packed_c is not None:
-        packed_text = targets.hlo_text(packed_c)
-        report["packed_train_step"] = {
-            "layout": f"{packed_layout[1]} rows x {packed_layout[0]}",
-            "temp": _memory(packed_c).get("temp", 0),
-            "kernel": None if kernel_call is None else any(c.startswith(kernel_call)
-                                                           for c in targets.custom_calls(packed_text))}
+        report["packed_train_step"] = {"layout": f"{packed_layout[1]} rows x {packed_layout[0]}",
+                                       "temp": _memory(packed_c).get("temp", 0),
+                                       "kernel": has_kernel(targets.hlo_text(packed_c))}
     loop = targets.loop_body_collectives(targets.hlo_text(decode_c))
     report["decode_loop_collectives"] = {k: len(v) for k, v in loop.items() if v}
 
@@ -261,12 +259,11 @@ def _packed_micro_batch(mb, rl, mesh):
     step packs it (jaxr1.rl.step._packing): (MicroBatch, (row length, rows))."""
     import dataclasses
 
-    from jaxr1.parallel.mesh import BATCH_AXES
     from jaxr1.rl.pack import choose_layout, pack
+    from jaxr1.sampling.layout import batch_shards
     rows, tc = mb.completions.shape
     lengths = np.full(rows, max(1, tc // 4), np.int32)
-    shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
-    L, R = choose_layout([lengths], rl.num_generations, int(lengths.max()), tc, shards)
+    L, R = choose_layout([lengths], rl.num_generations, int(lengths.max()), tc, batch_shards(mesh))
     t = min(L, tc)
     tokens = np.zeros((rows, t), np.int32)
     mask = (np.arange(t)[None] < lengths[:, None]).astype(np.int32)

@@ -202,8 +202,9 @@ def decode_schedule(lengths: np.ndarray, windows, compact: bool) -> list[tuple[i
             break
         out.append((w, min(w, steps) - lo, len(group_prompt) * n))
         lo = w
-        plan = compaction_plan(lengths <= w + 1, group_prompt, n) if compact else None   # (the real rows: see
-        if plan is not None:                                                         # `sampler` for the ids)
+        # After window w each row has made w + 1 tokens (token 0 in the prefill): done once that holds it.
+        plan = compaction_plan(lengths <= w + 1, group_prompt, n) if compact else None
+        if plan is not None:   # the kept rows' lengths, in their new places (padding rows: 0, done)
             src_rows, _, group_prompt, n = plan
             lengths = np.where(src_rows >= 0, lengths[np.maximum(src_rows, 0)], 0)
     return out

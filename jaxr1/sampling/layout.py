@@ -124,9 +124,7 @@ class Layout:
                           self.prompts_(s.prompt.valid))
         gen = None if s.gen is None else GenKV(self.cache(s.gen.k, self.rows, stacked),
                                                self.cache(s.gen.v, self.rows, stacked))
-        rows = {f: self.rows_(getattr(s, f)) for f in ("tokens", "logprobs", "sampling_logprobs", "last",
-                                                       "base_position", "done", "lengths", "stop_reason",
-                                                       "row_id")}
+        rows = {f: self.rows_(getattr(s, f)) for f in s.ROW_FIELDS}
         return dataclasses.replace(s, prompt=prompt, gen=gen, **rows)
 
 

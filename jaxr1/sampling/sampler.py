@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import warnings
 from collections import Counter
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -107,6 +108,9 @@ class SamplerState:
     temperature: jax.Array
     top_p: jax.Array
     key: jax.Array
+    # The [R, ...] fields: split by row on a mesh (Layout.state), gathered by compaction (_compact).
+    ROW_FIELDS: ClassVar[tuple[str, ...]] = ("tokens", "logprobs", "sampling_logprobs", "last", "base_position",
+                                             "done", "lengths", "stop_reason", "row_id")
 
 
 @jax.tree_util.register_dataclass
@@ -191,8 +195,11 @@ def _grow(gen: GenKV, length: int) -> GenKV:
     return GenKV(one(gen.k, -1), one(gen.v, -2))
 
 
-def _gen_dtype(prompt: PromptKV):
-    return (prompt.k[0] if isinstance(prompt.k, tuple) else prompt.k).dtype
+def _gen_cache(lm, s: SamplerState, window: int, spec: DecodeSpec) -> GenKV:
+    """The per-row cache at `window` slots: a new one before the first segment, else s.gen grown."""
+    if s.gen is not None:
+        return _grow(s.gen, window)
+    return GenKV.zeros(lm, s.last.shape[0], window, s.prompt.k[0].dtype, spec.layer_loop)
 
 
 def _live(s: SamplerState):
@@ -234,11 +241,11 @@ def _decode(graphdef, params, state: SamplerState, *, spec: DecodeSpec, keep_cac
         s = _run_window(body, s, windows[k])
         if k + 1 == len(windows):
             return finish(s)
-        grow = lambda s: segment(k + 1, lay.state(dataclasses.replace(s, gen=_grow(s.gen, windows[k + 1]))))
+        grow = lambda s: segment(k + 1, lay.state(dataclasses.replace(s, gen=_gen_cache(lm, s, windows[k + 1],
+                                                                                         spec))))
         return jax.lax.cond(_live(s), grow, finish, s)
 
-    gen = GenKV.zeros(lm, state.last.shape[0], windows[0], _gen_dtype(state.prompt), spec.layer_loop)
-    s = segment(0, lay.state(dataclasses.replace(state, gen=gen)))
+    s = segment(0, lay.state(dataclasses.replace(state, gen=_gen_cache(lm, state, windows[0], spec))))
     return dataclasses.replace(s, stop_reason=jnp.where(s.stop_reason == STOP_NONE, STOP_LENGTH, s.stop_reason))
 
 
@@ -247,9 +254,7 @@ def _segment(graphdef, params, state: SamplerState, *, spec: DecodeSpec, window:
     none before the first), then the loop runs while a row is live and the next slot is inside it."""
     TRACES["segment"] += 1
     lm, lay, body = _decoder(graphdef, params, spec, state)
-    gen = (GenKV.zeros(lm, state.last.shape[0], window, _gen_dtype(state.prompt), spec.layer_loop)
-           if state.gen is None else _grow(state.gen, window))
-    return _run_window(body, lay.state(dataclasses.replace(state, gen=gen)), window)
+    return _run_window(body, lay.state(dataclasses.replace(state, gen=_gen_cache(lm, state, window, spec))), window)
 
 
 def _compact(state: SamplerState, src_rows: jax.Array, src_groups: jax.Array, *, spec: DecodeSpec) -> SamplerState:
@@ -267,11 +272,10 @@ def _compact(state: SamplerState, src_rows: jax.Array, src_groups: jax.Array, *,
     s = state
     prompt = PromptKV(take(s.prompt.k, groups), take(s.prompt.v, groups), jnp.take(s.prompt.valid, groups, axis=0))
     gen = GenKV(take(s.gen.k, rows), take(s.gen.v, rows))
-    per_row = {f: jnp.take(getattr(s, f), rows, axis=0) for f in (
-        "tokens", "logprobs", "sampling_logprobs", "last", "base_position", "lengths", "stop_reason")}
-    out = dataclasses.replace(s, prompt=prompt, gen=gen, **per_row, done=jnp.take(s.done, rows) | pad,
-                              row_id=jnp.where(pad, -1, jnp.take(s.row_id, rows)))
-    return _layout(spec, out, prompt.k[0].shape[1] if isinstance(prompt.k, tuple) else prompt.k.shape[2]).state(out)
+    per_row = {f: jnp.take(getattr(s, f), rows, axis=0) for f in s.ROW_FIELDS}
+    per_row.update(done=per_row["done"] | pad, row_id=jnp.where(pad, -1, per_row["row_id"]))   # padding: stopped
+    out = dataclasses.replace(s, prompt=prompt, gen=gen, **per_row)
+    return _layout(spec, out, prompt.k[0].shape[1]).state(out)   # layer 0's [B, Hkv, Tp, hd]
 
 
 def _merge(out: SampleOutput, s: SamplerState, *, spec: DecodeSpec) -> SampleOutput:
