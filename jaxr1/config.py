@@ -74,6 +74,7 @@ class RLConfig:
     trim_completions: bool = True         # train on completions cut to the step's longest (bucketed); false: pad to max
     shared_prompt: bool = True            # each prompt once through the decoder for its G completions; false: repeat it
     pack_completions: bool = True         # with shared_prompt: a prompt's completions packed into shared rows
+    pack_prompts_per_row: int = 2         # packing: rows may hold completions of up to this many prompts (1 or 2)
     compact_finished_rows: bool = True    # sampler: stopped rows leave the batch between decode segments (same tokens)
 
 
@@ -287,6 +288,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("rl.num_generations, data.batch_size and rl.max_completion_length must be >= 1")
     if not (cfg.resume in ("auto", "never", "force") or isinstance(cfg.resume, int) and cfg.resume >= 0):
         raise ConfigError(f"resume={cfg.resume!r}: expected auto, never, force or a checkpoint step")
+    if cfg.rl.pack_prompts_per_row not in (1, 2):
+        raise ConfigError(f"rl.pack_prompts_per_row={cfg.rl.pack_prompts_per_row}: expected 1 or 2 (a row's "
+                          f"attention reads every prompt it holds, so more would cost more than it fills)")
     if cfg.lora.rank < 0:
         raise ConfigError(f"lora.rank={cfg.lora.rank}: must be >= 0 (0 = full fine-tuning)")
     if cfg.lora.dropout != 0.0:

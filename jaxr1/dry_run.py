@@ -172,8 +172,9 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
         if cfg.rl.pack_completions and cfg.rl.shared_prompt:
             # The steady-state program: completions packed into shared rows (jaxr1.rl.pack). Its layout
             # depends on the lengths; this compiles the one for completions of Tc / 4 (the recipes' typical).
-            packed_mb, packed_layout = _packed_micro_batch(mb, cfg.rl, mesh)
-            log.info("compiling the packed train step (%d rows x %d)", packed_layout[1], packed_layout[0])
+            packed_mb, packed_layout = _packed_micro_batch(mb, cfg.rl, mesh, mcfg.text)
+            log.info("compiling the packed train step (%d rows x %d, up to %d prompts a row)", packed_layout[1],
+                     packed_layout[0], packed_layout[2])
             packed_c = Learner.grads_fn.lower(learner, params, learner.frozen, _shard_abstract(packed_mb, mesh),
                                               normalizer).compile()
 
@@ -200,7 +201,8 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
                                any(c.startswith(kernel_call) for c in targets.custom_calls(text)))
     report["kernel_in_train_step"] = has_kernel(train_text)
     if packed_c is not None:
-        report["packed_train_step"] = {"layout": f"{packed_layout[1]} rows x {packed_layout[0]}",
+        report["packed_train_step"] = {"layout": f"{packed_layout[1]} rows x {packed_layout[0]}, "
+                                                 f"<= {packed_layout[2]} prompts a row",
                                        "temp": _memory(packed_c).get("temp", 0),
                                        "kernel": has_kernel(targets.hlo_text(packed_c))}
     loop = targets.loop_body_collectives(targets.hlo_text(decode_c))
@@ -254,24 +256,26 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     return report
 
 
-def _packed_micro_batch(mb, rl, mesh):
+def _packed_micro_batch(mb, rl, mesh, text_cfg):
     """The micro-batch `mb` (completions [rows, Tc]) with every completion Tc / 4 tokens long, packed as the
     step packs it (jaxr1.rl.step._packing): (MicroBatch, (row length, rows))."""
     import dataclasses
 
-    from jaxr1.rl.pack import choose_layout, pack
+    from jaxr1.rl.pack import choose_layout, key_cost, pack
     from jaxr1.sampling.layout import batch_shards
     rows, tc = mb.completions.shape
     lengths = np.full(rows, max(1, tc // 4), np.int32)
-    L, R = choose_layout([lengths], rl.num_generations, int(lengths.max()), tc, batch_shards(mesh))
+    L, R, K = choose_layout([lengths], rl.num_generations, int(lengths.max()), tc, batch_shards(mesh),
+                            prompt_len=mb.prompt.input_ids.shape[1], key_cost=key_cost(text_cfg),
+                            max_prompts=rl.pack_prompts_per_row)
     t = min(L, tc)
     tokens = np.zeros((rows, t), np.int32)
     mask = (np.arange(t)[None] < lengths[:, None]).astype(np.int32)
     lp = np.zeros((rows, t), np.float32)
-    packed = pack(tokens, lengths, rl.num_generations, L, R)
+    packed = pack(tokens, lengths, rl.num_generations, L, R, K)
     return dataclasses.replace(mb, completions=tokens, mask=mask, old_logprobs=lp if mb.old_logprobs
                                is not None else None, ref_logprobs=lp if mb.ref_logprobs is not None else None,
-                               packed=packed), (L, R)
+                               packed=packed), (L, R, K)
 
 
 def _train_flops(mcfg, tokens: int, remat: bool, lora: bool = False) -> float:

@@ -25,7 +25,7 @@ log = logging.getLogger("jaxr1.run_dir")
 MAY_DIFFER = ("steps", "resume", "output_dir", "log_every", "sample_every", "save_every", "keep_checkpoints",
               "export_hf", "eval.", "logging.", "rewards.num_workers", "rewards.timeout_s", "parallel.",
               "model.remat", "model.attention", "rl.logprob_chunk", "rl.micro_batch_prompts", "rl.trim_completions",
-              "rl.pack_completions", "rl.compact_finished_rows", "data.num_threads", "data.prefetch",
+              "rl.pack_completions", "rl.pack_prompts_per_row", "rl.compact_finished_rows", "data.num_threads", "data.prefetch",
               "data.worker_count", "data.eval_path", "data.num_eval")
 LOG_FILES = ("metrics.jsonl", "samples.jsonl")
 ARCHIVE_PREFIX = "replaced-"

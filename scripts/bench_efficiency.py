@@ -65,15 +65,22 @@ def prompt_batch(mcfg, seed: int, pad_multiple: int = 64):
     return dict(input_ids=ids, attention_mask=mask, pixel_values=pv, image_grid_thw=grids), real
 
 
-def variants(lengths: np.ndarray):
-    from jaxr1.rl.pack import choose_layout, pack
+def variants(lengths: np.ndarray, mcfg, prompt_len: int):
+    """{name: (shared prompt, completion slots, PackedRows)} and the packed layouts {name: (L, R, K)}; the
+    packed ones as rl.step packs them (cost by jaxr1.rl.pack.key_cost), one prompt a row and up to two."""
+    from jaxr1.rl.pack import choose_layout, key_cost, pack
     from jaxr1.rl.trim import trimmed_length
     tokens = np.ones((len(lengths), MAX_LEN), np.int32)
     trimmed = trimmed_length(lengths, MAX_LEN)
-    L, R = choose_layout([lengths], G, int(lengths.max()), MAX_LEN, 1)
-    t = min(L, MAX_LEN)
-    return {"repeated": (False, MAX_LEN, None), "shared + trimmed": (True, trimmed, None),
-            "shared + packed": (True, t, pack(tokens[:, :t], lengths, G, L, R))}, (L, R)
+    out = {"repeated": (False, MAX_LEN, None), "shared + trimmed": (True, trimmed, None)}
+    layouts = {}
+    for name, most in (("packed, 1 prompt/row", 1), ("shared + packed", 2)):
+        L, R, K = choose_layout([lengths], G, int(lengths.max()), MAX_LEN, 1, prompt_len=prompt_len,
+                                key_cost=key_cost(mcfg.text), max_prompts=most)
+        t = min(L, MAX_LEN)
+        out[name] = (True, t, pack(tokens[:, :t], lengths, G, L, R, K))
+        layouts[name] = (L, R, K)
+    return out, layouts
 
 
 def train_flops(model, mcfg, batch, lengths) -> tuple[dict, float, tuple]:
@@ -88,7 +95,7 @@ def train_flops(model, mcfg, batch, lengths) -> tuple[dict, float, tuple]:
     inputs, deltas = model_inputs(mcfg, batch, patches_per_slot=SIDE * SIDE)
     graphdef, params = nnx.split(model, nnx.Param)
     out = {}
-    specs, layout = variants(lengths)
+    specs, layout = variants(lengths, mcfg, batch["input_ids"].shape[1])
     for name, (shared, t, packed) in specs.items():
         comp = jnp.ones((len(lengths), t), jnp.int32)
         mask = (np.arange(t)[None] < lengths[:, None]).astype(np.int32)
@@ -121,7 +128,7 @@ def timed_train(model, mcfg, batch, lengths, repeats: int) -> dict:
     inputs, deltas = model_inputs(mcfg, batch, patches_per_slot=SIDE * SIDE)
     graphdef, params = nnx.split(model, nnx.Param)
     out = {}
-    for name, (shared, t, packed) in variants(lengths)[0].items():
+    for name, (shared, t, packed) in variants(lengths, mcfg, batch["input_ids"].shape[1])[0].items():
         if name != "shared + packed":
             continue
         comp = jnp.ones((len(lengths), t), jnp.int32)
@@ -235,13 +242,14 @@ def report(title, model, mcfg, seeds, timed_repeats: int = 0):
         lengths = draw_lengths(seed)
         batch, real = prompt_batch(mcfg, seed)
         t0 = time.time()
-        executed, vision, (L, R) = train_flops(model, mcfg, batch, lengths)
+        executed, vision, layouts = train_flops(model, mcfg, batch, lengths)
         need = necessary_train(mcfg, real, lengths, vision)
         d_exec, d_need = decode_flops(mcfg, real, batch["input_ids"].shape[1], lengths, vision)
         d_full, _ = decode_flops(mcfg, real, batch["input_ids"].shape[1], lengths, vision, compact=False)
         print(f"seed {seed}: completion lengths mean {lengths.mean():.0f}, max {lengths.max()}, sum {lengths.sum()}; "
-              f"prompts {real.min()}-{real.max()} tokens (padded {batch['input_ids'].shape[1]}); packed into "
-              f"{R} rows x {L} ({lengths.sum() / (R * L):.0%} full); traced in {time.time() - t0:.0f} s")
+              f"prompts {real.min()}-{real.max()} tokens (padded {batch['input_ids'].shape[1]}); packed into " + ", ".join(
+                  f"{R} rows x {L} of <= {K} prompts ({lengths.sum() / (R * L):.0%} full)"
+                  for L, R, K in layouts.values()) + f"; traced in {time.time() - t0:.0f} s")
         print(f"  train step necessary {need:.3e} FLOPs")
         for name, x in executed.items():
             print(f"  train step {name:<17} executed {x:.3e}  executed/necessary {x / need:.2f}")

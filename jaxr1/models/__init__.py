@@ -79,17 +79,21 @@ def set_attention(model, name: str, *, platform: str | None = None, dtype=None,
     """Resolve `model.attention` (auto | xla | splash | cudnn) for `platform` (default: JAX's backend) and the
     compute dtype, and set it on the text decoder (training, prefill) and the vision tower. A kernel that
     cannot serve the text decoder is a UserError here, at start. The vision tower runs splash when the text
-    does and its head dim allows; else XLA (documented fallback: cuDNN's wrapper serves one contiguous run
-    per row, and vision rows hold several windows / frames). The sampler's decode step keeps its own
+    does and its head dim allows; cudnn when the text does, its head dim allows and it has window layers
+    (Qwen2.5-VL: the windows as blocks, one contiguous run per row, what cuDNN's wrapper serves; its full
+    layers, whose slots may hold several frames, run XLA); else XLA. The sampler's decode step keeps its own
     shared-prefix attention (one query per row over the prompt and own caches; no fused kernel serves that
     shape better). Returns {"text": ..., "vision": ..., "decode": "shared_prefix"}."""
-    from jaxr1.ops.attention import resolve_attention, splash_head_dim_ok
+    from jaxr1.ops.attention import cudnn_head_dim_ok, resolve_attention, splash_head_dim_ok
     platform = platform or jax.default_backend()
     dtype = jnp.dtype(dtype or model.dtype)
     cfg = model.config
     text = resolve_attention(name, platform=platform, dtype=dtype, head_dim=cfg.text.head_dim,
                              allow_interpret=allow_interpret)
-    vision = text if text == "splash" and splash_head_dim_ok(cfg.vision.head_dim) else "xla"
+    windows = getattr(cfg.vision, "window_size", None) is not None and len(
+        set(getattr(cfg.vision, "fullatt_block_indexes", ())) & set(range(cfg.vision.depth))) < cfg.vision.depth
+    vision = text if (text == "splash" and splash_head_dim_ok(cfg.vision.head_dim) or
+                      text == "cudnn" and windows and cudnn_head_dim_ok(cfg.vision.head_dim)) else "xla"
     model.language_model.attention = text
     model.visual.attention = vision
     chosen = {"text": text, "vision": vision, "decode": "shared_prefix"}

@@ -20,13 +20,12 @@ from jaxr1.rl.pack import PackedRows, identity_packing
 
 
 def completion_positions(prompt_mask: jax.Array, rope_deltas: jax.Array, offsets: jax.Array,
-                         row_prompt: jax.Array | None = None) -> jax.Array:
+                         token_prompt: jax.Array | None = None) -> jax.Array:
     """[3, R, T] M-RoPE ids of completion tokens at `offsets` [R, T] (index within their completion) of
-    prompt row_prompt[r] (None: row r is prompt r)."""
+    prompt token_prompt[r, t] (None: row r is prompt r)."""
     start = jnp.asarray(prompt_mask).sum(-1).astype(jnp.int32) + jnp.asarray(rope_deltas).astype(jnp.int32)
-    if row_prompt is not None:
-        start = start[row_prompt]
-    pos = start[:, None] + offsets.astype(jnp.int32)
+    start = start[:, None] if token_prompt is None else start[token_prompt]
+    pos = start + offsets.astype(jnp.int32)
     return jnp.broadcast_to(pos[None], (3, *pos.shape))
 
 
@@ -52,14 +51,14 @@ def completion_logprobs(model, prompt: ModelInputs, rope_deltas: jax.Array, comp
         (lambda h, ids: token_logprobs(h, lm.lm_head[...], ids, chunk_size=chunk_size, temperature=temperature))
     if shared_prompt:
         rows = identity_packing(completions, completion_mask, g) if packed is None else packed
-        positions = completion_positions(prompt.attention_mask, rope_deltas, rows.offsets, rows.row_prompt)
+        positions = completion_positions(prompt.attention_mask, rope_deltas, rows.offsets, rows.token_prompt)
         hp, hc = lm.shared_prefix(prompt_embeds, prompt.positions, prompt.attention_mask,
-                                  lm.embed_tokens(rows.tokens), positions, rows.segments, rows.row_prompt,
-                                  remat=remat, deepstack=ds)
+                                  lm.embed_tokens(rows.tokens), positions, rows.segments, rows.row_prompts,
+                                  rows.token_prompt, remat=remat, deepstack=ds)
         # A completion's token 0 is predicted by its prompt's last slot (left padding: always real), token
         # i > 0 by the slot before it in the row.
         before = jnp.concatenate([jnp.zeros_like(hc[:, :1]), hc[:, :-1]], axis=1)
-        hidden = jnp.where((rows.offsets == 0)[..., None], hp[rows.row_prompt, -1][:, None], before)
+        hidden = jnp.where((rows.offsets == 0)[..., None], hp[:, -1][rows.token_prompt], before)
         logprobs, entropy = head(hidden, rows.tokens)
         return logprobs.reshape(-1)[rows.source], entropy.reshape(-1)[rows.source]
     tc = completions.shape[1]

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from jaxr1.rl.learner import Learner, LearnerState, MicroBatch
-from jaxr1.rl.pack import choose_layout, pack
+from jaxr1.rl.pack import choose_layout, key_cost, pack
 from jaxr1.rl.rollout import Rollout, RolloutFn, model_inputs, split_prompts
 
 # Sampler seeds: round 0 is the step's rollout, rounds 1.. its DAPO refills. jax.random.key keeps 32 bits of
@@ -122,7 +122,7 @@ def _micro_batches(ctx: StepContext, state: LearnerState, batch, roll: Rollout, 
     lengths = np.where(valid_rows, roll.lengths, 0)
     per = len(lengths) // ctx.micro_batches
     Tt = trimmed_length(roll.lengths, Tc) if rl.trim_completions else Tc
-    packing = _packing(ctx, lengths, per, Tt)
+    packing = _packing(ctx, lengths, per, Tt, batch.input_ids.shape[1])
     if packing is not None and rl.trim_completions:
         # The loss layout [completions, Tt] takes the row length, so a step's shapes are (rows, length) only.
         Tt = min(packing[0], Tc)
@@ -148,17 +148,20 @@ def _micro_batches(ctx: StepContext, state: LearnerState, batch, roll: Rollout, 
 MIN_PACK_SLOTS = 4096
 
 
-def _packing(ctx: StepContext, lengths: np.ndarray, per: int, trimmed: int) -> tuple[int, int] | None:
-    """rl.pack_completions: the step's (row length, rows per micro-batch), one layout for all its
-    micro-batches (jaxr1.rl.pack.choose_layout); None when completions run one per row (packing off, or
-    a step under MIN_PACK_SLOTS trimmed slots)."""
+def _packing(ctx: StepContext, lengths: np.ndarray, per: int, trimmed: int, prompt_len: int
+             ) -> tuple[int, int, int] | None:
+    """rl.pack_completions: the step's (row length, rows per micro-batch, prompts per row), one layout for
+    all its micro-batches (jaxr1.rl.pack.choose_layout, costed with the model's FLOPs per token and per
+    attention key); None when completions run one per row (packing off, or a step under MIN_PACK_SLOTS
+    trimmed slots)."""
     rl = ctx.cfg.rl
     if not (rl.pack_completions and rl.shared_prompt) or len(lengths) * trimmed < MIN_PACK_SLOTS:
         return None
-    from jaxr1.parallel.mesh import BATCH_AXES
-    shards = 1 if ctx.mesh is None else int(np.prod([ctx.mesh.shape[a] for a in BATCH_AXES]))
+    from jaxr1.sampling.layout import batch_shards
     chunks = [lengths[i:i + per] for i in range(0, len(lengths), per)]
-    return choose_layout(chunks, rl.num_generations, max(int(lengths.max()), 1), rl.max_completion_length, shards)
+    return choose_layout(chunks, rl.num_generations, max(int(lengths.max()), 1), rl.max_completion_length,
+                         1 if ctx.mesh is None else batch_shards(ctx.mesh), prompt_len=prompt_len, key_cost=key_cost(ctx.learner.model_config.text),
+                         max_prompts=rl.pack_prompts_per_row)
 
 
 def grpo_step(state: LearnerState, batch, ctx: StepContext) -> tuple[LearnerState, dict, StepRecord]:

@@ -56,6 +56,19 @@ def test_forward_with_images_compiles_with_the_kernel(target, tmp_path):
     assert _has_kernel(target, text), sorted(targets.custom_calls(text))
 
 
+def test_vision_window_layers_compile_with_cudnn_for_h100(tmp_path):
+    """On GPU the vision tower's window layers (windows as blocks) run cuDNN: its fused attention is in the
+    compiled tower (the tiny Qwen2.5-VL has a window layer and a full one; the full one runs XLA)."""
+    from jaxr1.parallel.rules import batch_shardings
+    mesh, model, patch, chosen, graphdef, params = _setup("h100", tmp_path)
+    assert chosen["vision"] == "cudnn"
+    inputs, _ = _inputs(model, patch)
+    args = (params, _abstract(inputs, batch_shardings(inputs, mesh)))
+    text = targets.hlo_text(targets.compile_for(lambda p, i: nnx.merge(graphdef, p).encode_images(i.vision), args,
+                                                target="h100", mesh=mesh))
+    assert _has_kernel("h100", text), sorted(targets.custom_calls(text))
+
+
 @pytest.mark.parametrize("target", ["tpu-v5p", "h100"])
 def test_sampler_prefill_has_the_kernel_and_decode_loop_gathers_no_weights(target, tmp_path):
     from jaxr1.sampling import make_spec, prepare_prompts
@@ -105,11 +118,12 @@ def test_whole_model_train_step_compiles_with_the_kernel_forward_and_backward(ta
     ids, mask = np.pad(ids, ((0, 0), (pad, 0))), np.pad(mask, ((0, 0), (pad, 0)))
     inputs, deltas = model.prepare_inputs(model.config, ids, mask, np.concatenate([pv] * 4),
                                           np.concatenate([grid] * 4))
-    lengths = np.array([5, 12, 16, 3, 9, 16, 7, 2], np.int32)
-    L, R = choose_layout([lengths], 2, 16, 16, 4)
+    lengths = np.array([12, 5, 11, 4, 12, 5, 11, 4], np.int32)   # packs 4 rows of 16 only two prompts a row
+    L, R, K = choose_layout([lengths], 2, 16, 16, 4)
+    assert K == 2   # rows holding two prompts' completions compile too
     comp = np.ones((8, 16), np.int32)
     cmask = (np.arange(16)[None] < lengths[:, None]).astype(np.int32)
-    batch = (inputs, np.asarray(deltas, np.int32), comp, cmask, pack(comp, lengths, 2, L, R))
+    batch = (inputs, np.asarray(deltas, np.int32), comp, cmask, pack(comp, lengths, 2, L, R, K))
 
     def loss(p, b):
         inputs, deltas, comp, cmask, packed = b

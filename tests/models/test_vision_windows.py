@@ -81,3 +81,45 @@ def test_window_layers_cost_the_window():
     window_layers = cfg.depth - len(cfg.fullatt_block_indexes)
     assert flops[False] - flops[True] == pytest.approx(window_layers * s * 4 * cfg.hidden_size * (p * p - w * n * n))
     assert (w, n) == (64, 16)
+
+
+def test_cudnn_window_blocks_match_xla(monkeypatch):
+    """attention: cudnn on GPU runs the window blocks through the cuDNN wrapper (each block row one run of
+    patches from slot 0: rolled, sequence lengths, no mask) and the full layers XLA. On CPU the same wrapper
+    runs with jax's XLA implementation of `dot_product_attention` standing in for cuDNN: features and
+    gradients equal the plain XLA tower's (so the rows, lengths and empty blocks are laid out right)."""
+    from jaxr1.ops import attention as attn
+    real_dpa = jax.nn.dot_product_attention
+    calls = []
+
+    def stand_in(*args, implementation=None, **kw):
+        calls.append(implementation)
+        return real_dpa(*args, implementation="xla" if implementation == "cudnn" else implementation, **kw)
+    monkeypatch.setattr(attn.jax.nn, "dot_product_attention", stand_in)
+    cfg, graphdef, params = _tower(4, (1, 3))
+    lay = _layout(cfg, GRIDS)
+    real = np.zeros(lay.restore.shape, bool)
+    for s, n in enumerate(lay.num_tokens):
+        real[s, :n] = True
+
+    def loss(p, kind):
+        tower = nnx.merge(graphdef, p)
+        tower.attention = kind
+        feats = tower(jnp.asarray(lay.patches), jnp.asarray(lay.rope_hw), jnp.asarray(lay.window_ids),
+                      jnp.asarray(lay.frame_ids), jnp.asarray(lay.restore), window_slots=jnp.asarray(lay.window_slots))
+        return jnp.sum(jnp.where(real[..., None], jnp.sin(feats), 0.0)), feats
+    (_, f_c), g_c = jax.value_and_grad(loss, has_aux=True)(params, "cudnn")
+    assert calls and set(calls) == {"cudnn"}        # the window layers went through the cuDNN wrapper
+    (_, f_x), g_x = jax.value_and_grad(loss, has_aux=True)(params, "xla")
+    np.testing.assert_allclose(np.asarray(f_c)[real], np.asarray(f_x)[real], atol=2e-5, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_c), jax.tree.leaves(g_x)):
+        assert np.isfinite(np.asarray(a)).all()
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5, rtol=1e-4)
+
+
+def test_auto_picks_cudnn_for_window_layers_on_gpu(tmp_path):
+    from jaxr1.models import set_attention
+    from tests.models.test_attention_kernels import _model
+    for family, vision in (("qwen2_5_vl", "cudnn"), ("qwen2_vl", "xla"), ("qwen3_vl", "xla")):
+        model, _ = _model(family, tmp_path / family)
+        assert set_attention(model, "auto", platform="gpu", dtype="bfloat16")["vision"] == vision, family

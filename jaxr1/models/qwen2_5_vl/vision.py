@@ -134,7 +134,9 @@ def vision_attention(h: jax.Array, p: dict[str, jax.Array], cos: jax.Array, sin:
     """A vision block's self-attention on normed h [S, P, E]: fused qkv (`qkv_kernel`/`qkv_bias`), the axial
     rotary on q and k, attention within `segments` [S, P] (equal ids attend, 0 = pad patch) or, with
     `blocks` [S, W, n] (patch indices, -1 = empty), within each block (a window) only, output projection
-    (`proj_kernel`/`proj_bias`)."""
+    (`proj_kernel`/`proj_bias`). cudnn serves the blocks (each block row is one run of patches from slot 0,
+    what its wrapper takes) but not `segments`: a slot may hold several frames (several runs), so those
+    layers run xla."""
     s, n, e = h.shape
     hd = e // heads
     qkv = linear(h, p["qkv_kernel"], p["qkv_bias"]).reshape(s, n, 3, heads, hd)
@@ -143,6 +145,7 @@ def vision_attention(h: jax.Array, p: dict[str, jax.Array], cos: jax.Array, sin:
     q = apply_rope(q.astype(jnp.float32), cos, sin).astype(dtype)
     k = apply_rope(k.astype(jnp.float32), cos, sin).astype(dtype)
     if blocks is None:
+        implementation = "xla" if implementation == "cudnn" else implementation
         o = attention(q, k, v, q_segment_ids=segments, kv_segment_ids=segments, implementation=implementation)
     else:
         o = block_attention(q, k, v, blocks, implementation)
