@@ -258,7 +258,7 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
 
 def _packed_micro_batch(mb, rl, mesh, text_cfg):
     """The micro-batch `mb` (completions [rows, Tc]) with every completion Tc / 4 tokens long, packed as the
-    step packs it (jaxr1.rl.step._packing): (MicroBatch, (row length, rows))."""
+    step packs it (jaxr1.rl.step._packing): (MicroBatch, (row length, rows, prompts a row))."""
     import dataclasses
 
     from jaxr1.rl.pack import choose_layout, key_cost, pack

@@ -162,29 +162,26 @@ def _attention_xla(q, k, v, mask, scale):
 
 def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
                      prefix_valid: jax.Array, segment_ids: jax.Array, row_prefix: jax.Array,
-                     token_prefix: jax.Array | None = None, *, scale: float | None = None) -> jax.Array:
+                     token_prefix: jax.Array, *, scale: float | None = None) -> jax.Array:
     """Attention of R rows over shared prefixes plus their own keys: row r reads prefixes row_prefix[r]
-    ([R] or [R, K]; -1 = none), each of its tokens the one of them token_prefix[r, t] names (slots where
+    ([R, K]; -1 = none), each of its tokens the one of them token_prefix[r, t] names (slots where
     prefix_valid), and within its own row the causal prefix of its segment (slot j <= t with segment_ids
     equal and > 0; a row may hold several completions, one segment each, of up to K prompts).
     q [R, T, H, D], k/v [R, T, Hkv, D]; prefix_k/v [B, P, Hkv, D] (stored once per prompt, read by each of
     its rows: the gather is K x P x Hkv x D per row, the backward sums the rows' gradients into the prompt);
-    prefix_valid [B, P]; segment_ids [R, T] int; token_prefix [R, T] int (None: the row's only prefix).
+    prefix_valid [B, P]; segment_ids [R, T] int; token_prefix [R, T] int.
     One softmax over both parts (float32 scores, as `attention`): the result of `attention` over [prefix |
     own] keys per segment. Returns [R, T, H, D]."""
     r, t, h, d = q.shape
     hkv = k.shape[2]
     g = h // hkv
     scale = d**-0.5 if scale is None else scale
-    row_prefix = row_prefix.reshape(r, -1)
     n_pre, p = row_prefix.shape[1], prefix_k.shape[1]
     q = q.reshape(r, t, hkv, g, d)
     index = jnp.maximum(row_prefix, 0)
     pk = prefix_k[index].reshape(r, n_pre * p, hkv, d)
     pv = prefix_v[index].reshape(r, n_pre * p, hkv, d)
     p_valid = jnp.asarray(prefix_valid)[index] & (row_prefix >= 0)[..., None]          # [R, K, P]
-    if token_prefix is None:
-        token_prefix = jnp.broadcast_to(row_prefix[:, :1], (r, t))
     mine = token_prefix[:, :, None] == row_prefix[:, None, :]                        # [R, T, K]
     pre = (mine[..., None] & p_valid[:, None]).reshape(r, t, n_pre * p)
     s_pre = jnp.einsum("rtkgd,rskd->rkgts", q, pk, preferred_element_type=jnp.float32) * scale

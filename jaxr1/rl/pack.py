@@ -62,11 +62,9 @@ def first_fit(lengths: np.ndarray, capacity: int, group: int | None = None, prom
 
 def row_bins(lengths: np.ndarray, group: int, length: int, prompts: int = 1) -> list[list[int]]:
     """The packing of completions `lengths` (prompt i // group) into rows of `length`, at most `prompts`
-    prompts a row, rows ordered by their first prompt (so a batch shard's rows mostly read its own prompts)."""
-    if prompts == 1:   # per prompt: the same bins, in prompt order
-        return [[p + i for i in b] for p in range(0, len(lengths), group)
-                for b in first_fit(lengths[p:p + group], length)]
-    return sorted(first_fit(lengths, length, group, prompts), key=lambda b: (min(i // group for i in b), b))
+    prompts a row, rows ordered by their first prompt (so a batch shard's rows mostly read its own prompts;
+    the sort is stable, so one prompt's rows keep first-fit's order)."""
+    return sorted(first_fit(lengths, length, group, prompts), key=lambda b: min(i // group for i in b))
 
 
 def rows_needed(lengths: np.ndarray, group: int, length: int, prompts: int = 1) -> int:

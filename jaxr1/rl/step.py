@@ -159,8 +159,9 @@ def _packing(ctx: StepContext, lengths: np.ndarray, per: int, trimmed: int, prom
         return None
     from jaxr1.sampling.layout import batch_shards
     chunks = [lengths[i:i + per] for i in range(0, len(lengths), per)]
-    return choose_layout(chunks, rl.num_generations, max(int(lengths.max()), 1), rl.max_completion_length,
-                         1 if ctx.mesh is None else batch_shards(ctx.mesh), prompt_len=prompt_len, key_cost=key_cost(ctx.learner.model_config.text),
+    shards = 1 if ctx.mesh is None else batch_shards(ctx.mesh)
+    return choose_layout(chunks, rl.num_generations, max(int(lengths.max()), 1), rl.max_completion_length, shards,
+                         prompt_len=prompt_len, key_cost=key_cost(ctx.learner.model_config.text),
                          max_prompts=rl.pack_prompts_per_row)
 
 

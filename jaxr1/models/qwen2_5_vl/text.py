@@ -210,13 +210,13 @@ class TextDecoder(nnx.Module):
 
     def shared_prefix(self, prompt_embeds: jax.Array, prompt_positions: jax.Array, prompt_valid: jax.Array,
                       embeds: jax.Array, positions: jax.Array, segment_ids: jax.Array, row_prompt: jax.Array,
-                      token_prompt: jax.Array | None = None, *, remat: bool = False, deepstack: tuple[jax.Array, jax.Array] | None = None
-                      ) -> tuple[jax.Array, jax.Array]:
+                      token_prompt: jax.Array, *, remat: bool = False,
+                      deepstack: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
         """The forward with each prompt once (training on G completions per prompt): the prompts
         prompt_embeds [B, P, D] (positions [3, B, P], prompt_valid [B, P]) run as `__call__` runs them; rows
         embeds [R, T, D] (positions [3, R, T]) of completions, one segment each (segment_ids [R, T], 0 =
-        padding; a row may pack several completions of its prompt row_prompt [R], or of its prompts
-        row_prompt [R, K] with token_prompt [R, T] naming each token's), attend to their prompt's
+        padding; a row may pack several completions of its prompts row_prompt [R, K], -1 = none, and
+        token_prompt [R, T] names each token's), attend to their prompt's
         keys/values of the same layer plus their segment's causal prefix (`ops.attention.prefix_attention`),
         so gradients reach the prompt from all its completions: the math of the [prompt | completion]
         forward repeated per completion, at one prompt's cost. deepstack as `__call__`, over the prompt
