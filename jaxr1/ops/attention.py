@@ -162,7 +162,8 @@ def _attention_xla(q, k, v, mask, scale):
 
 def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
                      prefix_valid: jax.Array, segment_ids: jax.Array, row_prefix: jax.Array,
-                     token_prefix: jax.Array, *, scale: float | None = None) -> jax.Array:
+                     token_prefix: jax.Array, *, scale: float | None = None,
+                     query_block: int | None = None) -> jax.Array:
     """Attention of R rows over shared prefixes plus their own keys: row r reads prefixes row_prefix[r]
     ([R, K]; -1 = none), each of its tokens the one of them token_prefix[r, t] names (slots where
     prefix_valid), and within its own row the causal prefix of its segment (slot j <= t with segment_ids
@@ -171,28 +172,48 @@ def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, prefix_k: jax.Arr
     its rows: the gather is K x P x Hkv x D per row, the backward sums the rows' gradients into the prompt);
     prefix_valid [B, P]; segment_ids [R, T] int; token_prefix [R, T] int.
     One softmax over both parts (float32 scores, as `attention`): the result of `attention` over [prefix |
-    own] keys per segment. Returns [R, T, H, D]."""
+    own] keys per segment. Queries run in blocks (query_block tokens, default `causal_query_block(T)`), each
+    reading only the own keys up to its end: causal, so the rest are masked anyway, and the own-key
+    rectangle shrinks from T x T to about (n + 1) / 2n of it for n blocks. Returns [R, T, H, D]."""
     r, t, h, d = q.shape
     hkv = k.shape[2]
-    g = h // hkv
     scale = d**-0.5 if scale is None else scale
     n_pre, p = row_prefix.shape[1], prefix_k.shape[1]
-    q = q.reshape(r, t, hkv, g, d)
+    q = q.reshape(r, t, hkv, h // hkv, d)
     index = jnp.maximum(row_prefix, 0)
     pk = prefix_k[index].reshape(r, n_pre * p, hkv, d)
     pv = prefix_v[index].reshape(r, n_pre * p, hkv, d)
     p_valid = jnp.asarray(prefix_valid)[index] & (row_prefix >= 0)[..., None]          # [R, K, P]
     mine = token_prefix[:, :, None] == row_prefix[:, None, :]                        # [R, T, K]
     pre = (mine[..., None] & p_valid[:, None]).reshape(r, t, n_pre * p)
-    s_pre = jnp.einsum("rtkgd,rskd->rkgts", q, pk, preferred_element_type=jnp.float32) * scale
-    s_pre = jnp.where(pre[:, None, None], s_pre, _NEG_INF)
-    s_own = jnp.einsum("rtkgd,rskd->rkgts", q, k, preferred_element_type=jnp.float32) * scale
     own = segment_mask(segment_ids, segment_ids, causal=True) & (segment_ids[:, None, :] > 0)   # [R, T, T]
-    s_own = jnp.where(own[:, None, None], s_own, _NEG_INF)
-    probs = jax.nn.softmax(jnp.concatenate([s_pre, s_own], axis=-1), axis=-1).astype(v.dtype)
-    n = n_pre * p
-    out = jnp.einsum("rkgts,rskd->rtkgd", probs[..., :n], pv) + jnp.einsum("rkgts,rskd->rtkgd", probs[..., n:], v)
-    return out.reshape(r, t, h, d)
+    b = causal_query_block(t) if query_block is None else query_block
+    assert t % b == 0, (t, b)
+    outs = []
+    for start in range(0, t, b):
+        stop = start + b
+        qb = q[:, start:stop]
+        s_pre = jnp.einsum("rtkgd,rskd->rkgts", qb, pk, preferred_element_type=jnp.float32) * scale
+        s_pre = jnp.where(pre[:, None, None, start:stop], s_pre, _NEG_INF)
+        s_own = jnp.einsum("rtkgd,rskd->rkgts", qb, k[:, :stop], preferred_element_type=jnp.float32) * scale
+        s_own = jnp.where(own[:, None, None, start:stop, :stop], s_own, _NEG_INF)
+        probs = jax.nn.softmax(jnp.concatenate([s_pre, s_own], axis=-1), axis=-1).astype(v.dtype)
+        n = n_pre * p
+        outs.append(jnp.einsum("rkgts,rskd->rtkgd", probs[..., :n], pv)
+                    + jnp.einsum("rkgts,rskd->rtkgd", probs[..., n:], v[:, :stop]))
+    return jnp.concatenate(outs, axis=1).reshape(r, t, h, d)
+
+
+def causal_query_block(t: int) -> int:
+    """Query block of `prefix_attention` for rows of t tokens: 64 (or 32 / 16 where t is not a multiple of
+    64: packed rows are multiples of 16), doubled until at most 16 blocks; rows under 128 tokens stay one
+    block (too short to pay for the extra ops)."""
+    if t < 128:
+        return t
+    b = next((m for m in (64, 32, 16) if t % m == 0), t)
+    while t // b > 16 and t % (2 * b) == 0:
+        b *= 2
+    return b
 
 # ---------------------------------------------------------------------------------------------- splash
 

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxr1.ops.attention import causal_query_block
+
 
 
 @jax.tree_util.register_dataclass
@@ -102,8 +104,9 @@ def choose_layout(lengths: list[np.ndarray], group: int, longest: int, max_len: 
     """(row length L, rows R per micro-batch, prompts per row K <= max_prompts) of the least cost for
     micro-batches whose completion lengths are `lengths` (one array each, 0 = no tokens to train); L >=
     longest (the step's longest completion, or its trimmed length). Cost per slot: 1 + key_cost x (K x
-    prompt_len + L), key_cost being one attention key's FLOPs relative to a token's projections, MLP and lm
-    head (jaxr1.flops.decoder_flops: "pair" / ("token" + "logit")); key_cost 0 counts slots only. R holds
+    prompt_len + own keys), key_cost being one attention key's FLOPs relative to a token's projections, MLP
+    and lm head (jaxr1.flops.decoder_flops: "pair" / ("token" + "logit")), own keys the mean a query of an
+    L-token row reads in `prefix_attention`'s causal query blocks; key_cost 0 counts slots only. R holds
     every micro-batch's packing and never exceeds one row per completion. Stateless (the same rollout packs
     the same way after a resume)."""
     most = max(len(x) for x in lengths)
@@ -112,10 +115,17 @@ def choose_layout(lengths: list[np.ndarray], group: int, longest: int, max_len: 
         for k in range(1, max(1, max_prompts) + 1):
             need = max(max(rows_needed(x, group, L, k) for x in lengths), 1)
             rows = next((r for r in row_buckets(multiple, most) if r >= need), None)
-            cost = None if rows is None else rows * L * (1 + key_cost * (k * prompt_len + L))
+            cost = None if rows is None else rows * L * (1 + key_cost * (k * prompt_len + own_keys(L)))
             if cost is not None and (best is None or cost < best[0]):
                 best = cost, L, rows, k
     return best[1:] if best is not None else (longest, most, 1)
+
+
+def own_keys(L: int) -> float:
+    """Own-row keys per query of an L-token row in `prefix_attention` (query blocks of b read the keys up to
+    their end: L (n + 1) / 2n for n blocks)."""
+    n = L // causal_query_block(L)
+    return L * (n + 1) / (2 * n)
 
 
 def key_cost(text_cfg) -> float:

@@ -160,3 +160,33 @@ def test_auto_runs_on_this_backend():
     seg = jnp.ones((B, 16), jnp.int32)
     np.testing.assert_allclose(np.asarray(run("auto", q, k, v, seg, seg, True)),
                                np.asarray(run("xla", q, k, v, seg, seg, True)), rtol=1e-6)
+
+
+def test_prefix_attention_query_blocks_equal_one_block():
+    """Causal query blocks (each reading own keys up to its end) give the one-block result and gradients,
+    rows packed with segments of two prompts, left-padded prompts."""
+    from jaxr1.ops.attention import causal_query_block, prefix_attention
+    r, t, p, h, hkv, d = 2, 256, 24, 4, 2, 16
+    ks = jax.random.split(jax.random.key(3), 5)
+    q = jax.random.normal(ks[0], (r, t, h, d))
+    k, v = (jax.random.normal(kk, (r, t, hkv, d)) for kk in ks[1:3])
+    pk, pv = (jax.random.normal(kk, (3, p, hkv, d)) for kk in ks[3:5])
+    p_valid = jnp.asarray(np.arange(p)[None] >= np.array([[0], [5], [11]]))
+    seg = np.zeros((r, t), np.int32)
+    seg[0, :100], seg[0, 100:230] = 1, 2          # row 0: two completions, padding after 230
+    seg[1, :40], seg[1, 40:256] = 1, 2
+    tok_prompt = np.where(seg == 2, 1, 0)
+    tok_prompt[1] = np.where(seg[1] == 1, 2, 1)
+    row_prompt = jnp.asarray([[0, 1], [2, 1]])
+    real = jnp.asarray(seg > 0)[..., None, None]
+
+    def out(qb, *x):
+        o = prefix_attention(*x, p_valid, jnp.asarray(seg), row_prompt, jnp.asarray(tok_prompt), query_block=qb)
+        return jnp.where(real, o, 0.0)
+    assert causal_query_block(t) == 64 and causal_query_block(448) == 64 and causal_query_block(96) == 96
+    assert causal_query_block(2048) == 128
+    args = (q, k, v, pk, pv)
+    np.testing.assert_allclose(out(None, *args), out(t, *args), atol=1e-5)
+    loss = lambda qb: jax.grad(lambda *x: (out(qb, *x) ** 2).sum(), argnums=(0, 1, 2, 3, 4))(*args)
+    for a, b in zip(loss(None), loss(t)):
+        np.testing.assert_allclose(a, b, atol=1e-4)

@@ -16,6 +16,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 from flax import nnx
 
@@ -136,6 +137,7 @@ def decoder_layer(cfg, p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, at
     h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
     q, k, v = project(cfg, p, h, cos, sin)
     o, aux = attend(q, k, v)
+    o = checkpoint_name(o, "attention_out")   # saved without remat: see checkpoint_layer
     x = x + o.reshape(*x.shape[:-1], cfg.num_attention_heads * cfg.head_dim) @ p["o_kernel"]
     return x + mlp_out(cfg, p, x), aux
 
@@ -249,10 +251,14 @@ def checkpoint_layer(layer, remat: bool):
     its weight matmuls and recomputes attention's scores and softmax: saving those would stack float32
     [layers, rows, heads, T, S] tensors for the backward (about 21 GiB at Qwen2.5-VL-3B, 20 rows of 512
     completion tokens over a 384-token prompt) and, on CPU, zero-fill and copy them every step
-    (scripts/bench_efficiency.py: fwd+bwd 8.1 -> 7.7 s)."""
+    (scripts/bench_efficiency.py: fwd+bwd 8.1 -> 7.7 s). Attention's output is kept too (the o projection's
+    weight gradient reads it; one [rows, T, H x hd] tensor a layer), so the backward recomputes the scores
+    and softmax, not their product with the values."""
     if remat:
         return jax.checkpoint(layer)
-    return jax.checkpoint(layer, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    cp = jax.checkpoint_policies
+    return jax.checkpoint(layer, policy=cp.save_from_both_policies(cp.dots_with_no_batch_dims_saveable,
+                                                                   cp.save_only_these_names("attention_out")))
 
 
 def deepstack_adder(deepstack: tuple[jax.Array, jax.Array] | None):
