@@ -8,7 +8,8 @@ sum in the value dtype. A query that may attend nothing (a fully masked row, pad
 (uniform over keys on the xla path, zeros on cudnn) and finite gradients; callers ignore it.
 
 Implementations (`implementation=`, config key `model.attention`; see `resolve_attention`):
-- "xla": the einsum reference; takes any mask; the only path for a dense `mask`.
+- "xla": the einsum reference; takes any mask; the only path for a dense `mask`. Segment ids + causal run
+  in causal query blocks (each block reads the keys up to its end), not over the whole T x S rectangle.
 - "splash": TPU Pallas splash attention (jax.experimental.pallas.ops.tpu.splash_attention) from segment ids +
   a static causal/full mask object, GQA heads natively, block-sparse causal skipping. Off TPU it runs in
   Pallas interpret mode (slow; for parity tests). Lengths are padded inside the wrapper to a multiple of
@@ -132,6 +133,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
         m = segment_mask(q_segment_ids, kv_segment_ids, causal) if mask is None else mask
         return jax.nn.dot_product_attention(q, k, v, mask=m[:, None], scale=scale)
     if implementation == "xla":
+        if mask is None and causal:
+            return _causal_attention_xla(q, k, v, q_segment_ids, kv_segment_ids, scale)
         m = segment_mask(q_segment_ids, kv_segment_ids, causal) if mask is None else mask
         return _attention_xla(q, k, v, m, scale)
     if implementation == "splash":
@@ -158,6 +161,17 @@ def _attention_xla(q, k, v, mask, scale):
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhgqs,bshd->bqhgd", probs, v)
     return out.reshape(b, tq, h, d)
+
+
+def _causal_attention_xla(q, k, v, q_segment_ids, kv_segment_ids, scale):
+    """The XLA path for segment ids + causal, in causal query blocks: a block of queries reads the keys up to
+    its end only (the rest are masked anyway), about (n + 1) / 2n of the T x S rectangle for n blocks."""
+    tq, off = q.shape[1], k.shape[1] - q.shape[1]
+    outs = []
+    for start, stop in causal_blocks(tq):
+        m = segment_mask(q_segment_ids[:, start:stop], kv_segment_ids[:, :stop + off], causal=True)
+        outs.append(_attention_xla(q[:, start:stop], k[:, :stop + off], v[:, :stop + off], m, scale))
+    return jnp.concatenate(outs, axis=1)
 
 
 def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
@@ -187,11 +201,8 @@ def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, prefix_k: jax.Arr
     mine = token_prefix[:, :, None] == row_prefix[:, None, :]                        # [R, T, K]
     pre = (mine[..., None] & p_valid[:, None]).reshape(r, t, n_pre * p)
     own = segment_mask(segment_ids, segment_ids, causal=True) & (segment_ids[:, None, :] > 0)   # [R, T, T]
-    b = causal_query_block(t) if query_block is None else query_block
-    assert t % b == 0, (t, b)
     outs = []
-    for start in range(0, t, b):
-        stop = start + b
+    for start, stop in causal_blocks(t, query_block):
         qb = q[:, start:stop]
         s_pre = jnp.einsum("rtkgd,rskd->rkgts", qb, pk, preferred_element_type=jnp.float32) * scale
         s_pre = jnp.where(pre[:, None, None, start:stop], s_pre, _NEG_INF)
@@ -204,8 +215,15 @@ def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, prefix_k: jax.Arr
     return jnp.concatenate(outs, axis=1).reshape(r, t, h, d)
 
 
+def causal_blocks(t: int, block: int | None = None) -> list[tuple[int, int]]:
+    """[start, stop) of the causal query blocks of t queries (block tokens each, default causal_query_block)."""
+    b = causal_query_block(t) if block is None else block
+    assert t % b == 0, (t, b)
+    return [(start, start + b) for start in range(0, t, b)]
+
+
 def causal_query_block(t: int) -> int:
-    """Query block of `prefix_attention` for rows of t tokens: 64 (or 32 / 16 where t is not a multiple of
+    """Query block of the causal XLA paths (`attention`, `prefix_attention`) for t queries: 64 (or 32 / 16 where t is not a multiple of
     64: packed rows are multiples of 16), doubled until at most 16 blocks; rows under 128 tokens stay one
     block (too short to pay for the extra ops)."""
     if t < 128:

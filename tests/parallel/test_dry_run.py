@@ -1,4 +1,5 @@
 """`--dry_run` compiles the real-size configs on forced host devices and reports whether they fit."""
+import glob
 import os
 import re
 import subprocess
@@ -85,3 +86,38 @@ def test_7b_lora_recipes_compile_for_their_target_and_fit(config, target, kernel
     # adapters (fp32) and their Adam moments are ~2% of the base; the base is stored once, in bf16
     assert mem["LoRA adapters (master)"] < 0.3 * mem["frozen base (compute dtype)"]
     assert mem["reference model"] == mem["LoRA adapters (master)"]
+
+
+# The hardware each shipped config's header names, as a --target: every config is compiled for it by a test
+# in this file (the three below in test_config_compiles_for_its_target, the others in their own tests).
+TARGETS = {
+    "configs/qwen2_5_vl_3b_clevr_count.yaml": "h100",
+    "configs/qwen2_5_vl_3b_geoqa.yaml": "h100",
+    "configs/qwen2_5_vl_7b_lora_8xh100.yaml": "h100",
+    "configs/qwen2_5_vl_7b_lora_v5p8.yaml": "tpu-v5p",
+    "configs/qwen2_5_vl_7b_multimodal_open_r1.yaml": "h100",
+    "configs/qwen2_5_vl_7b_multimodal_open_r1_v5p32.yaml": "tpu-v5p",
+    "configs/qwen2_vl_2b_multimodal_open_r1.yaml": "h100",
+    "configs/qwen3_vl_4b_clevr_count.yaml": "h100",
+}
+
+
+def test_every_shipped_config_has_a_target():
+    shipped = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.yaml"))}
+    assert shipped == set(TARGETS), shipped ^ set(TARGETS)
+    for config, target in TARGETS.items():
+        with open(os.path.join(ROOT, config)) as f:
+            header = "".join(line for line in f if line.startswith("#"))
+        assert ("v5p" in header) == (target == "tpu-v5p") and (target != "h100" or "H100" in header), config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["configs/qwen2_5_vl_3b_clevr_count.yaml",
+                                    "configs/qwen2_5_vl_7b_multimodal_open_r1.yaml",
+                                    "configs/qwen2_vl_2b_multimodal_open_r1.yaml"])
+def test_config_compiles_for_its_target(config):
+    target = TARGETS[config]
+    rc, peak, out = _target_run(config, target)
+    assert rc == 0 and f"dry run for {target}" in out and "verdict: fits" in out
+    assert "'text': 'cudnn'" in out and "fused kernel in the train step: True" in out
+    assert "(replicated" not in out and "decode loop body collectives: none" in out

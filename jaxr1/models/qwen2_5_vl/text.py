@@ -116,10 +116,11 @@ def cache_attention(core, ck: jax.Array | None, cv: jax.Array | None, cache_inde
 
 def sequence_attention(implementation: str, kv_valid: jax.Array, t: int, cache_index):
     """`core(q, k, v)` for T queries at slots cache_index.. over S key slots, causal, keys where kv_valid.
-    A fused kernel (splash, cudnn) takes segment ids (1 = real token, 0 = padding) + causal, no dense mask;
-    it serves the calls whose queries are all the keys (training, prefill: S == T at slot 0). Anything else
-    (a cache longer than the call) runs the XLA path under the dense [B, T, S] mask."""
-    if implementation != "xla" and kv_valid.shape[1] == t and isinstance(cache_index, int) and cache_index == 0:
+    The calls whose queries are all the keys (training, prefill: S == T at slot 0) pass segment ids (1 = real
+    token, 0 = padding) + causal, no dense mask: a fused kernel (splash, cudnn) takes them, and the XLA path
+    runs them in causal query blocks. Anything else (a cache longer than the call) runs the XLA path under
+    the dense [B, T, S] mask."""
+    if kv_valid.shape[1] == t and isinstance(cache_index, int) and cache_index == 0:
         seg = kv_valid.astype(jnp.int32)
         return lambda q, k, v: attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=True,
                                          implementation=implementation)
