@@ -201,7 +201,7 @@ def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, prefix_k: jax.Arr
     mine = token_prefix[:, :, None] == row_prefix[:, None, :]                        # [R, T, K]
     pre = (mine[..., None] & p_valid[:, None]).reshape(r, t, n_pre * p)
     own = segment_mask(segment_ids, segment_ids, causal=True) & (segment_ids[:, None, :] > 0)   # [R, T, T]
-    outs = []
+    n, outs = n_pre * p, []
     for start, stop in causal_blocks(t, query_block):
         qb = q[:, start:stop]
         s_pre = jnp.einsum("rtkgd,rskd->rkgts", qb, pk, preferred_element_type=jnp.float32) * scale
@@ -209,7 +209,6 @@ def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, prefix_k: jax.Arr
         s_own = jnp.einsum("rtkgd,rskd->rkgts", qb, k[:, :stop], preferred_element_type=jnp.float32) * scale
         s_own = jnp.where(own[:, None, None, start:stop, :stop], s_own, _NEG_INF)
         probs = jax.nn.softmax(jnp.concatenate([s_pre, s_own], axis=-1), axis=-1).astype(v.dtype)
-        n = n_pre * p
         outs.append(jnp.einsum("rkgts,rskd->rtkgd", probs[..., :n], pv)
                     + jnp.einsum("rkgts,rskd->rtkgd", probs[..., n:], v[:, :stop]))
     return jnp.concatenate(outs, axis=1).reshape(r, t, h, d)
@@ -223,9 +222,9 @@ def causal_blocks(t: int, block: int | None = None) -> list[tuple[int, int]]:
 
 
 def causal_query_block(t: int) -> int:
-    """Query block of the causal XLA paths (`attention`, `prefix_attention`) for t queries: 64 (or 32 / 16 where t is not a multiple of
-    64: packed rows are multiples of 16), doubled until at most 16 blocks; rows under 128 tokens stay one
-    block (too short to pay for the extra ops)."""
+    """Query block of the causal XLA paths (`attention`, `prefix_attention`) for t queries: 64 (or 32 / 16
+    where t is not a multiple of 64: packed rows are multiples of 16), doubled until at most 16 blocks; rows
+    under 128 tokens stay one block (too short to pay for the extra ops)."""
     if t < 128:
         return t
     b = next((m for m in (64, 32, 16) if t % m == 0), t)

@@ -22,7 +22,6 @@ import numpy as np
 from jaxr1.ops.attention import causal_query_block
 
 
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PackedRows:
