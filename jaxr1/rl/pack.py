@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxr1.ops.attention import causal_query_block
+from jaxr1.ops.attention import causal_blocks
 
 
 @jax.tree_util.register_dataclass
@@ -121,10 +121,9 @@ def choose_layout(lengths: list[np.ndarray], group: int, longest: int, max_len: 
 
 
 def own_keys(L: int) -> float:
-    """Own-row keys per query of an L-token row in `prefix_attention` (query blocks of b read the keys up to
-    their end: L (n + 1) / 2n for n blocks)."""
-    n = L // causal_query_block(L)
-    return L * (n + 1) / (2 * n)
+    """Own-row keys per query of an L-token row in `prefix_attention`: each query block reads the keys up to
+    its end (L (n + 1) / 2n for n equal blocks)."""
+    return float(np.mean([stop for _, stop in causal_blocks(L)]))
 
 
 def key_cost(text_cfg) -> float:
