@@ -160,6 +160,9 @@ class Config:
     save_every: int = 0                   # orbax checkpoint every N steps (0 = only at the end)
     keep_checkpoints: int = 2
     export_hf: bool = True
+    # XLA's persistent compilation cache (a restart loads what it compiled before): auto
+    # ($JAX_COMPILATION_CACHE_DIR, else ~/.cache/jaxr1/xla) | off | a directory
+    compilation_cache: str = "auto"
     # An output_dir that holds a run: "auto" resumes it when the config is compatible (else stops, naming the
     # differing keys); "never" starts over (old files moved aside); "force" continues it anyway; STEP resumes
     # from that checkpoint.

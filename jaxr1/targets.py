@@ -41,6 +41,8 @@ import re
 import jax
 import numpy as np
 
+from jaxr1 import compile_cache
+
 TARGETS = ("cpu", "tpu-v5p", "h100")
 
 # v5p slice shapes by chip count (one host = 2x2x1 = 4 chips).
@@ -193,6 +195,8 @@ def compiling_for(target: str, mesh: jax.sharding.Mesh):
     shard_maps its Pallas kernel over it) and, for h100, jax's cuDNN version query answers for the target."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(jax.set_mesh(mesh))
+        if target != "cpu":
+            stack.enter_context(compile_cache.no_writes())
         if target == "h100":
             stack.enter_context(_cudnn_version(H100_CUDNN_VERSION))
         yield
