@@ -65,7 +65,7 @@ def model_inputs(cfg, batch, *, patches_per_slot: int | None = None) -> tuple[Mo
     """Static-shape inputs of `batch` (a PromptBatch or PromptArrays, left padded) for the model of config `cfg`,
     and each row's rope delta. The token columns are kept as they are; image slots and patches per slot are
     bucketed here (`patches_per_slot`: the fixed bound, see `slot_patches`)."""
-    grids = batch.image_grid_thw
+    grids = None if batch.image_grid_thw is None else np.asarray(batch.image_grid_thw)
     slots = patches = None
     if batch.pixel_values is not None and grids is not None and len(grids):
         slots, patches = image_slots(len(grids)), slot_patches(int(grids.prod(-1).max()), patches_per_slot)
