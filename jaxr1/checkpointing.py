@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxr1.models import build, config_from_dir
-from jaxr1.models.qwen2_5_vl.params import CheckpointError, copy_tokenizer_files
+from jaxr1.models.hf_files import CheckpointError, copy_tokenizer_files
 
 PARAMS_DIR = "params"
 

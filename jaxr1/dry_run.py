@@ -91,12 +91,11 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     from jaxr1 import targets
     from jaxr1.models import build, set_attention
     from jaxr1.sampling.layout import gathered_param_shardings, prompt_shardings
-    from jaxr1.models.qwen2_5_vl.vision_index import next_bucket
+    from jaxr1.models.inputs import PromptArrays, model_inputs, next_bucket
     from jaxr1.parallel import make_mesh
     from jaxr1.parallel import check_batch_layout
     from jaxr1.rl.learner import Learner, MicroBatch
     from jaxr1.rl.losses import compute_loss_normalizer
-    from jaxr1.rl.rollout import model_inputs
     from jaxr1.sampling import make_spec, prepare_prompts
     from jaxr1.sampling.sampler import decode_fn, prefill_fn
 
@@ -148,8 +147,7 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
 
     ids, mask, pv, grids = prompts(mb_prompts)
     patches = next_bucket(side * side, 64)
-    inputs, deltas = model_inputs(mcfg, dict(input_ids=ids, attention_mask=mask, pixel_values=pv,
-                                             image_grid_thw=grids), patches_per_slot=patches)
+    inputs, deltas = model_inputs(mcfg, PromptArrays(ids, mask, pv, grids), patches_per_slot=patches)
     rows = mb_prompts * G
     comp = np.zeros((rows, Tc), np.int32)
     lp = np.zeros((rows, Tc), np.float32)

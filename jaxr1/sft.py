@@ -78,7 +78,7 @@ def run_sft(model, tokenizer, image_processor, data_cfg, *, steps: int, lr: floa
     """
     from jaxr1.data import build_dataset
     from jaxr1.loading import eos_ids
-    from jaxr1.rl.rollout import max_patches, model_inputs, split_prompts
+    from jaxr1.models.inputs import max_patches, model_inputs
     if (template is None) == (targets is None):
         raise ValueError("run_sft needs exactly one of template and targets")
     trainer = SFTTrainer(model, lr, schedule_steps or steps)
@@ -90,7 +90,7 @@ def run_sft(model, tokenizer, image_processor, data_cfg, *, steps: int, lr: floa
     losses, t0 = [], time.time()
     for step in range(1, steps + 1):
         batch = next(it)
-        inputs, deltas = model_inputs(model.config, split_prompts(batch, 1)[0], patches_per_slot=patches)
+        inputs, deltas = model_inputs(model.config, batch, patches_per_slot=patches)
         tokens, mask = targets(batch.examples, length=max_target_length, eos_id=eos)
         mask = mask * batch.valid[:, None]
         trainer.params, trainer.opt_state, loss = trainer.step(trainer.params, trainer.opt_state, inputs, deltas,

@@ -133,7 +133,7 @@ def train(args) -> int:
 
     # --- data
     from jaxr1.data import build_dataset
-    from jaxr1.rl.rollout import max_patches
+    from jaxr1.models.inputs import max_patches
     dataset = build_dataset(cfg.data, tokenizer, image_processor, process_index=jax.process_index(),
                             process_count=jax.process_count())
     data_iter = iter(dataset)

@@ -362,14 +362,13 @@ def run_train(args, info) -> dict:
         from jaxr1.config import OptimConfig, RLConfig
         from jaxr1.rl.learner import Learner, MicroBatch
         from jaxr1.rl.losses import compute_loss_normalizer
-        from jaxr1.rl.rollout import model_inputs
+        from jaxr1.models.inputs import PromptArrays, model_inputs
         rl = RLConfig(num_generations=g, max_completion_length=tc)
         learner = Learner(model, rl, OptimConfig(), 10, compute_dtype="bfloat16", remat=True)
         state = learner.init(model)   # shares the model's arrays (no copy)
         if args.train_method == "fallback":
             raise RuntimeError("--train_method fallback")
-        inputs, deltas = model_inputs(cfg, dict(input_ids=prompt_ids, attention_mask=prompt_mask, pixel_values=None,
-                                                image_grid_thw=None))
+        inputs, deltas = model_inputs(cfg, PromptArrays(prompt_ids, prompt_mask))
         mb = MicroBatch(inputs, deltas, completions, cmask, adv)
         norm = float(compute_loss_normalizer(cmask, rl.loss_aggregation))
         first, ts = timed(lambda: learner.grads(state.params, mb, norm)[0])

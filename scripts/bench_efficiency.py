@@ -91,8 +91,8 @@ def train_flops(model, mcfg, batch, lengths) -> tuple[dict, float, tuple]:
 
     from jaxr1.flops import dot_flops
     from jaxr1.rl.policy import completion_logprobs
-    from jaxr1.rl.rollout import model_inputs
-    inputs, deltas = model_inputs(mcfg, batch, patches_per_slot=SIDE * SIDE)
+    from jaxr1.models.inputs import PromptArrays, model_inputs
+    inputs, deltas = model_inputs(mcfg, PromptArrays(**batch), patches_per_slot=SIDE * SIDE)
     graphdef, params = nnx.split(model, nnx.Param)
     out = {}
     specs, layout = variants(lengths, mcfg, batch["input_ids"].shape[1])
@@ -124,8 +124,8 @@ def timed_train(model, mcfg, batch, lengths, repeats: int) -> dict:
     from flax import nnx
 
     from jaxr1.rl.policy import completion_logprobs
-    from jaxr1.rl.rollout import model_inputs
-    inputs, deltas = model_inputs(mcfg, batch, patches_per_slot=SIDE * SIDE)
+    from jaxr1.models.inputs import PromptArrays, model_inputs
+    inputs, deltas = model_inputs(mcfg, PromptArrays(**batch), patches_per_slot=SIDE * SIDE)
     graphdef, params = nnx.split(model, nnx.Param)
     out = {}
     for name, (shared, t, packed) in variants(lengths, mcfg, batch["input_ids"].shape[1])[0].items():

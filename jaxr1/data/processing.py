@@ -49,6 +49,50 @@ class PromptBatch:
     def batch_size(self) -> int:
         return int(self.input_ids.shape[0])
 
+    @property
+    def pad_id(self) -> int:
+        """The id of the first padded slot (row-major), 0 when no row is padded."""
+        pad = ~self.attention_mask.astype(bool)
+        return int(self.input_ids[pad][0]) if pad.any() else 0
+
+    def take(self, rows: Sequence[int]) -> "PromptBatch":
+        """These rows, in this order, each with its own images (pixel_values rows, grids, count)."""
+        rows = [int(r) for r in rows]
+        counts = np.asarray(self.image_counts)
+        first = np.concatenate([[0], np.cumsum(counts)])        # row -> its first image
+        grids, pixels = [], []
+        if self.image_grid_thw is not None:
+            patch = np.concatenate([[0], np.cumsum(self.image_grid_thw.prod(-1))])   # image -> its first patch
+            for r in rows:
+                if counts[r]:
+                    grids.append(self.image_grid_thw[first[r]:first[r + 1]])
+                    pixels.append(self.pixel_values[patch[first[r]]:patch[first[r + 1]]])
+        return PromptBatch(self.input_ids[rows], self.attention_mask[rows],
+                           np.concatenate(pixels) if pixels else None, np.concatenate(grids) if grids else None,
+                           [self.examples[r] for r in rows], np.asarray(self.valid)[rows], counts[rows].astype(np.int32))
+
+    def split(self, n: int) -> list["PromptBatch"]:
+        """`n` equal groups of consecutive rows (prompt micro-batches)."""
+        if self.batch_size % n:
+            raise ValueError(f"{self.batch_size} prompts do not split into {n} micro-batches")
+        per = self.batch_size // n
+        return [self.take(range(c * per, (c + 1) * per)) for c in range(n)]
+
+    @staticmethod
+    def concat(parts: Sequence["PromptBatch"]) -> "PromptBatch":
+        """The rows of `parts` in order; shorter prompts are left padded (each part's own pad id, mask 0) to the
+        widest part, so every prompt still ends where generation starts."""
+        t = max(p.input_ids.shape[1] for p in parts)
+        left = lambda x, fill: np.pad(x, ((0, 0), (t - x.shape[1], 0)), constant_values=fill)
+        with_images = [p for p in parts if p.image_grid_thw is not None and len(p.image_grid_thw)]
+        return PromptBatch(
+            np.concatenate([left(p.input_ids, p.pad_id) for p in parts]),
+            np.concatenate([left(p.attention_mask, 0) for p in parts]),
+            np.concatenate([p.pixel_values for p in with_images]) if with_images else None,
+            np.concatenate([p.image_grid_thw for p in with_images]) if with_images else None,
+            [e for p in parts for e in p.examples], np.concatenate([np.asarray(p.valid) for p in parts]),
+            np.concatenate([np.asarray(p.image_counts) for p in parts]))
+
 
 def load_processors(model_dir: str, min_pixels: int | None = None, max_pixels: int | None = None):
     """Tokenizer and image processor of a checkpoint dir (not AutoProcessor: it needs torchvision)."""

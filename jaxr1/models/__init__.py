@@ -2,7 +2,9 @@
 
 A family module offers `ModelConfig` (`from_hf_dir`, `to_hf_dict`), its model class (FAMILIES names it),
 `load_hf(dir, dtype)` and `save_hf(model, out_dir, source_dir=None)`. Code outside models/ reaches a family
-only through the functions here.
+only through the functions here; what families share sits beside this file, not in one family's folder:
+`inputs` (ModelInputs, image buckets, the one prompt -> model-inputs conversion), `vlm` (the model base),
+`cache` (KVCache), `hf_files` (tokenizer files, CheckpointError).
 """
 from __future__ import annotations
 

@@ -13,14 +13,17 @@ import json
 import logging
 import os
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxr1.data.processing import PromptBatch
 
 log = logging.getLogger("jaxr1.parallel")
 
 
 def initialize_from_env() -> bool:
     """Returns True when this is a multi-process run (and the runtime is initialised)."""
-    import jax
     env = os.environ
     kwargs = {}
     if "JAX_COORDINATOR_ADDRESS" in env:
@@ -46,7 +49,6 @@ def initialize_from_env() -> bool:
 
 
 def _allgather(x):
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x))
 
 
@@ -64,57 +66,38 @@ def _gather_objects(obj) -> list:
     return [json.loads(bytes(b).decode()) for b in _gather_padded(raw, 0)]
 
 
-def gather_prompt_batch(batch):
+def gather_prompt_batch(batch: PromptBatch) -> PromptBatch:
     """The global batch from every host's PromptBatch, rows interleaved (global row i*P + p is process p's row
     i): with strided per-host sharding of unshuffled data this is exactly the single-process order. Every
     process then holds identical host arrays, which jit treats as replicated input and GSPMD splits by the
     shardings we give it."""
-    import jax
-
-    from jaxr1.data.processing import PromptBatch
     n = jax.process_count()
     if n == 1:
         return batch
-    t = int(_allgather(np.asarray(batch.input_ids.shape[1])).max())
-    left = lambda x, fill: np.pad(x, ((0, 0), (t - x.shape[1], 0)), constant_values=fill)   # keep left padding
-    pad_id = int(batch.input_ids[~batch.attention_mask.astype(bool)].flat[0]) if (batch.attention_mask == 0).any() else 0
-    ids = _allgather(left(batch.input_ids, pad_id))              # [P, B, T]
-    mask = _allgather(left(batch.attention_mask, 0))
+    b = batch.batch_size
+    return PromptBatch.concat(_gather_batches(batch)).take([p * b + i for i in range(b) for p in range(n)])
+
+
+def _gather_batches(batch: PromptBatch) -> list[PromptBatch]:
+    """Every process's PromptBatch as it is there (prompt widths and image counts may differ), in process order."""
+    ids, mask = _gather_padded(batch.input_ids, 1), _gather_padded(batch.attention_mask, 1)
     valid, counts = _allgather(batch.valid), _allgather(batch.image_counts)
     has_images = batch.pixel_values is not None
     dim = int(_allgather(np.asarray(batch.pixel_values.shape[1] if has_images else 0)).max())
     grids = _gather_padded(batch.image_grid_thw if has_images else np.zeros((0, 3), np.int64), 0)
     pixels = _gather_padded(batch.pixel_values if has_images else np.zeros((0, dim), np.float32), 0)
     examples = _gather_objects(batch.examples)
-    b = ids.shape[1]
-    order = [(p, i) for i in range(b) for p in range(n)]
-    # Split each process's images per row, then lay them out in the interleaved row order.
-    per_row = {}
-    for p in range(n):
-        starts = np.concatenate([[0], np.cumsum(counts[p])])
-        patch_starts = np.concatenate([[0], np.cumsum(grids[p].prod(-1))]) if len(grids[p]) else np.zeros(1, int)
-        for i in range(b):
-            g = grids[p][starts[i]:starts[i + 1]]
-            per_row[p, i] = (g, pixels[p][patch_starts[starts[i]]:patch_starts[starts[i + 1]]] if len(g) else None)
-    g_all = [per_row[o][0] for o in order if len(per_row[o][0])]
-    px_all = [per_row[o][1] for o in order if per_row[o][1] is not None]
-    return PromptBatch(
-        input_ids=np.stack([ids[p, i] for p, i in order]), attention_mask=np.stack([mask[p, i] for p, i in order]),
-        pixel_values=np.concatenate(px_all) if px_all else None, image_grid_thw=np.concatenate(g_all) if g_all else None,
-        examples=[examples[p][i] for p, i in order], valid=np.array([valid[p, i] for p, i in order]),
-        image_counts=np.array([counts[p, i] for p, i in order], np.int32))
+    return [PromptBatch(ids[p], mask[p], pixels[p] if len(grids[p]) else None, grids[p] if len(grids[p]) else None,
+                        examples[p], valid[p], counts[p]) for p in range(len(ids))]
 
 
 def gather_json(obj) -> list:
     """Every process's JSON-able object (e.g. data iterator states for a checkpoint), in process order."""
-    import jax
     return [obj] if jax.process_count() == 1 else _gather_objects(obj)
 
 
 def to_host(x) -> np.ndarray:
     """A (possibly multi-process, sharded) jax.Array as a numpy array holding every row, on every process."""
-    import jax
     if not isinstance(x, jax.Array) or x.is_fully_addressable or x.sharding.is_fully_replicated:
         return np.asarray(x)
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))

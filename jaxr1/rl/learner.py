@@ -19,9 +19,9 @@ import optax
 from flax import nnx
 
 from jaxr1.config import OptimConfig, RLConfig
+from jaxr1.models.inputs import ModelInputs
 from jaxr1.models.lora import LoRAParam, has_adapters
-from jaxr1.models.qwen2_5_vl import ModelInputs
-from jaxr1.models.qwen2_5_vl.model import VisionLanguageModel
+from jaxr1.models.vlm import VisionLanguageModel
 from jaxr1.rl.losses import policy_loss
 from jaxr1.rl.pack import PackedRows
 from jaxr1.rl.policy import completion_logprobs

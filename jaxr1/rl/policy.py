@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxr1.models.qwen2_5_vl import ModelInputs
+from jaxr1.models.inputs import ModelInputs
 from jaxr1.rl.logprobs import token_logprobs
 from jaxr1.rl.pack import PackedRows, identity_packing
 

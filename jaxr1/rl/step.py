@@ -15,9 +15,11 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from jaxr1.data.processing import PromptBatch
+from jaxr1.models.inputs import model_inputs
 from jaxr1.rl.learner import Learner, LearnerState, MicroBatch
 from jaxr1.rl.pack import choose_layout, key_cost, pack
-from jaxr1.rl.rollout import Rollout, RolloutFn, model_inputs, split_prompts
+from jaxr1.rl.rollout import Rollout, RolloutFn
 
 # Sampler seeds: round 0 is the step's rollout, rounds 1.. its DAPO refills. jax.random.key keeps 32 bits of
 # an int seed, so rounds are spaced 2^24 apart: every (step, round) of a run has its own seed while
@@ -82,7 +84,6 @@ def refill_groups(rollout: RolloutFn, params, batch, roll: Rollout, *, seed_of_r
     0). score(batch, roll) -> RewardResult is called once per sampled batch and its rows are reused.
     Returns (batch, rollout, rewards, number of dropped groups)."""
     from jaxr1.rl.advantages import zero_variance_groups
-    from jaxr1.rl.rollout import select_rows
     G = group_size
 
     def informative(b, result):
@@ -108,7 +109,7 @@ def refill_groups(rollout: RolloutFn, params, batch, roll: Rollout, *, seed_of_r
     rows = lambda i: np.arange(i * G, (i + 1) * G)
     merged = Rollout.concat([rolls[b].rows(rows(i)) for b, i in picks])
     rewards = _concat_rewards([_take_rewards(scored[b], rows(i)) for b, i in picks], scored)
-    return select_rows(batches, picks), merged, rewards, dropped
+    return PromptBatch.concat([batches[b].take([i]) for b, i in picks]), merged, rewards, dropped
 
 
 def _micro_batches(ctx: StepContext, state: LearnerState, batch, roll: Rollout, valid_rows: np.ndarray):
@@ -130,7 +131,7 @@ def _micro_batches(ctx: StepContext, state: LearnerState, batch, roll: Rollout, 
     mask = (np.arange(Tt)[None] < lengths[:, None]).astype(np.int32)
     shard = (lambda x: shard_batch(x, ctx.mesh)) if ctx.mesh is not None else (lambda x: x)
     mbs = []
-    for c, chunk in enumerate(split_prompts(batch, ctx.micro_batches)):
+    for c, chunk in enumerate(batch.split(ctx.micro_batches)):
         inputs, deltas = model_inputs(learner.model_config, chunk, patches_per_slot=ctx.patches_per_slot)
         rows = slice(c * per, (c + 1) * per)
         packed = None if packing is None else pack(tokens[rows], lengths[rows], rl.num_generations, *packing)

@@ -1,8 +1,8 @@
 """Host-side prompt preparation under static shapes: left-align, bucket the prompt length, lay out images.
 
 Every prompt is moved to the right end of a row of `bucket_prompt_length(longest)` slots (left padding), so
-the last slot holds each prompt's last token. Image slots and patches per slot are power-of-two buckets
-(`vision_index.build_vision_layout`). Batches whose sizes fall in the same buckets reuse compiled programs.
+the last slot holds each prompt's last token. Image slots and patches per slot are bucketed where the update's
+are (`jaxr1.models.inputs.model_inputs`). Batches whose sizes fall in the same buckets reuse compiled programs.
 """
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from jaxr1.models import family_of
-from jaxr1.models.qwen2_5_vl.model import ModelInputs   # every family's (Qwen2-VL and Qwen3-VL reuse it)
+from jaxr1.models.inputs import ModelInputs, PromptArrays, model_inputs, next_bucket
 
 
 @jax.tree_util.register_dataclass
@@ -25,27 +24,20 @@ class SamplerPrompts:
     rope_deltas: np.ndarray      # [B] int32: continuation token j sits at text position length + delta + j
 
 
-def _pow2_at_least(n: int, minimum: int) -> int:
-    b = minimum
-    while b < n:
-        b *= 2
-    return b
-
-
 def bucket_prompt_length(n: int) -> int:
     """Powers of two up to 256, then multiples of 128: few shapes, at most 1/3 padding past 256."""
-    return _pow2_at_least(n, 16) if n <= 256 else -(-n // 128) * 128
+    return next_bucket(n, 16) if n <= 256 else -(-n // 128) * 128
 
 
 def bucket_gen_length(n: int) -> int:
     """Generation buffer: a power of two >= max_new_tokens (min 16); max_new_tokens itself is traced."""
-    return _pow2_at_least(n, 16)
+    return next_bucket(n, 16)
 
 
 def prepare_prompts(cfg, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
                     pad_token_id: int = 0, prompt_length: int | None = None) -> SamplerPrompts:
     """From what the tokenizer (left or right padded) and image processor produce, as numpy arrays. `cfg` is a
-    model's `.config` (or the model itself): its family's own `prepare_inputs` builds the model inputs."""
+    model's `.config` (or the model itself)."""
     cfg = getattr(cfg, "config", cfg)
     ids = np.asarray(input_ids)
     if ids.ndim != 2:
@@ -64,5 +56,5 @@ def prepare_prompts(cfg, input_ids, attention_mask=None, pixel_values=None, imag
     for i, (row, m) in enumerate(zip(ids, mask.astype(bool))):
         aligned[i, tp - lengths[i]:] = row[m]
         aligned_mask[i, tp - lengths[i]:] = 1
-    inputs, deltas = family_of(cfg).prepare_inputs(cfg, aligned, aligned_mask, pixel_values, image_grid_thw)
+    inputs, deltas = model_inputs(cfg, PromptArrays(aligned, aligned_mask, pixel_values, image_grid_thw))
     return SamplerPrompts(inputs, lengths, np.asarray(deltas, np.int32))

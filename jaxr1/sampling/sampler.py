@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxr1.models.qwen2_5_vl.text import KVCache
+from jaxr1.models.cache import KVCache
 from jaxr1.sampling.buckets import SamplerPrompts
 from jaxr1.sampling.decode import GenKV, PromptKV, decode_step, layer_params
 from jaxr1.sampling.functions import SamplingMode, sample_tokens

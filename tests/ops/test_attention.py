@@ -148,7 +148,7 @@ def test_length_buckets_are_kernel_block_multiples():
     """What a kernel attends over: prompt-length buckets (sampler prefill, the training prompts' self-attention)
     and patch buckets (the vision slots) are multiples of splash's block from 128 up, so the wrapper pads
     nothing there (shorter ones it pads to one block)."""
-    from jaxr1.models.qwen2_5_vl.vision_index import next_bucket
+    from jaxr1.models.inputs import next_bucket
     from jaxr1.sampling.buckets import bucket_prompt_length
     block = kernel_block("splash")
     assert all(bucket_prompt_length(n) % block == 0 for n in range(block, 6000))

@@ -12,10 +12,8 @@ G, TC = 3, 9
 
 
 def inputs(model):
-    from jaxr1.rl.rollout import model_inputs
-    ids, mask, pv, grids = image_batch(model.config)
-    prompt, deltas = model_inputs(model.config, dict(input_ids=ids, attention_mask=mask, pixel_values=pv,
-                                                      image_grid_thw=grids))
+    from jaxr1.models.inputs import PromptArrays, model_inputs
+    prompt, deltas = model_inputs(model.config, PromptArrays(*image_batch(model.config)))
     rng = np.random.default_rng(1)
     lengths = np.array([1, 9, 4, 7, 2, 5])              # every row stops somewhere else (one at the limit)
     comp = rng.integers(10, 500, (2 * G, TC)).astype(np.int32)

@@ -204,11 +204,10 @@ def test_learner_update_returns_old_logprobs_instead_of_writing_them(base, learn
     import dataclasses
 
     from jaxr1.rl.learner import MicroBatch
-    from jaxr1.rl.rollout import model_inputs, split_prompts
+    from jaxr1.models.inputs import model_inputs
     cfg, model, batches = base
     cfg, ln = learner
-    (chunk,) = split_prompts(batches[0], 1)
-    inputs, deltas = model_inputs(ln.model_config, chunk)
+    inputs, deltas = model_inputs(ln.model_config, batches[0])
     mask = (np.arange(TC)[None] < LENGTHS[:, None]).astype(np.int32)
     adv = np.linspace(-1, 1, B * G, dtype=np.float32)
     mb = MicroBatch(inputs, deltas, np.full((B * G, TC), 11, np.int32), mask, adv)

@@ -42,12 +42,12 @@ def fresh(model):
 
 def micro_batches(cfg, model, batch, tokens, lengths, t, n_mb):
     from jaxr1.rl.learner import MicroBatch
-    from jaxr1.rl.rollout import model_inputs, split_prompts
+    from jaxr1.models.inputs import model_inputs
     mask = (np.arange(t)[None] < lengths[:, None]).astype(np.int32)
     adv = np.linspace(-1, 1, 2 * G).astype(np.float32)
     per = 2 * G // n_mb
     out = []
-    for c, chunk in enumerate(split_prompts(batch, n_mb)):
+    for c, chunk in enumerate(batch.split(n_mb)):
         inputs, deltas = model_inputs(model.config, chunk)
         rows = slice(c * per, (c + 1) * per)
         out.append(MicroBatch(inputs, deltas, tokens[rows, :t], mask[rows], adv[rows]))

@@ -4,15 +4,15 @@ import json
 import numpy as np
 
 
-def test_select_rows_carries_images_and_padding():
+def test_refill_rows_carry_images_and_padding():
+    """DAPO's refilled batch: single rows of several batches, concatenated (what refill_groups builds)."""
     from jaxr1.data.processing import PromptBatch
-    from jaxr1.rl.rollout import select_rows
     a = PromptBatch(np.array([[0, 5, 6], [7, 8, 9]], np.int32), np.array([[0, 1, 1], [1, 1, 1]], np.int32),
                     np.arange(12, dtype=np.float32).reshape(6, 2), np.array([[1, 2, 2], [1, 1, 2]]),
                     [{"answer": "a0"}, {"answer": "a1"}], np.array([True, True]), np.array([1, 1], np.int32))
     b = PromptBatch(np.array([[1, 2], [3, 4]], np.int32), np.ones((2, 2), np.int32), None, None,
                     [{"answer": "b0"}, {"answer": "b1"}], np.array([True, False]), np.array([0, 0], np.int32))
-    out = select_rows([a, b], [(1, 0), (0, 1)])
+    out = PromptBatch.concat([b.take([0]), a.take([1])])
     assert out.input_ids.tolist() == [[0, 1, 2], [7, 8, 9]]
     assert out.attention_mask.tolist() == [[0, 1, 1], [1, 1, 1]]
     assert out.image_grid_thw.tolist() == [[1, 1, 2]] and out.pixel_values.tolist() == a.pixel_values[4:].tolist()

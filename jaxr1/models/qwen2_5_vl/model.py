@@ -8,15 +8,15 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from jaxr1.models.inputs import ModelInputs
 from jaxr1.models.qwen2_5_vl.config import ModelConfig
 from jaxr1.models.qwen2_5_vl.rope_index import get_rope_index
 from jaxr1.models.qwen2_5_vl.text import TextDecoder
 from jaxr1.models.qwen2_5_vl.vision import VisionTower
 from jaxr1.models.qwen2_5_vl.vision_index import build_vision_layout, image_token_index
+from jaxr1.models.vlm import VisionLanguageModel
 
 
 @jax.tree_util.register_dataclass
@@ -28,16 +28,6 @@ class VisionInputs:
     frame_ids: jax.Array    # [S, P]
     restore: jax.Array      # [S, P / merge_unit]
     window_slots: jax.Array | None = None   # [S, W, window patches]: windows as blocks (None: no window layers)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class ModelInputs:
-    input_ids: jax.Array       # [B, T]
-    attention_mask: jax.Array  # [B, T]
-    positions: jax.Array       # [3, B, T] M-RoPE ids
-    image_index: jax.Array     # [B, T] flat merged-image-token index per <|image_pad|>, -1 elsewhere
-    vision: VisionInputs | None = None
 
 
 def prepare_inputs(cfg: ModelConfig, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
@@ -78,60 +68,13 @@ def prepare_with_vision(cfg, input_ids, attention_mask, pixel_values, image_grid
     return ModelInputs(input_ids, attention_mask, positions, image_index, vision), deltas
 
 
-class VisionLanguageModel(nnx.Module):
-    """What the families' models share: `config`, `visual` (a `vision_tower`), `language_model` (a
-    `text_decoder`), the embeddings with image features scattered in, `forward` and `__call__` (through the
-    family's `prepare_inputs`). A family sets the three class attributes and `encode_images`."""
+class Qwen2_5_VL(VisionLanguageModel):
     vision_tower = VisionTower
     text_decoder = TextDecoder
     prepare_inputs = staticmethod(prepare_inputs)
 
-    def __init__(self, cfg, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
-        self.config = cfg
-        self.visual = self.vision_tower(cfg.vision, dtype, rngs)
-        self.language_model = self.text_decoder(cfg.text, cfg.tie_word_embeddings, dtype, rngs)
-
-    @property
-    def dtype(self):
-        return self.language_model.embed[...].dtype
-
-    @staticmethod
-    def merged_features(image_features) -> jax.Array:
-        """The flat merged image features [N, D] within what `encode_images` returns."""
-        return image_features
-
-    def embed(self, inputs: ModelInputs, image_features=None, *, remat: bool = False) -> jax.Array:
-        """Token embeddings with the merged image features at the <|image_pad|> positions (a gather: static)."""
-        embeds = self.language_model.embed_tokens(inputs.input_ids)
-        if image_features is None and inputs.vision is not None:
-            image_features = self.encode_images(inputs.vision, remat=remat)
-        if image_features is None:
-            return embeds
-        picked = jnp.take(self.merged_features(image_features), jnp.maximum(inputs.image_index, 0), axis=0)
-        return jnp.where((inputs.image_index >= 0)[..., None], picked.astype(embeds.dtype), embeds)
-
-    def hidden_states(self, inputs: ModelInputs, *, remat: bool = False, collect_hidden: bool = False):
-        out = self.language_model(self.embed(inputs, remat=remat), inputs.positions, inputs.attention_mask,
-                                  remat=remat, collect_hidden=collect_hidden)
-        return out if collect_hidden else out[0]
-
-    def forward(self, inputs: ModelInputs) -> jax.Array:
-        return self.language_model.logits(self.hidden_states(inputs))
-
-    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None) -> jax.Array:
-        """Logits [B, T, V] from inputs exactly as the HF tokenizer / image processor produce them."""
-        inputs, _ = self.prepare_inputs(self.config, input_ids, attention_mask, pixel_values, image_grid_thw)
-        return _jit_forward(self, inputs)
-
-
-class Qwen2_5_VL(VisionLanguageModel):
     def encode_images(self, vision: VisionInputs, *, remat: bool = False) -> jax.Array:
         """[S, P, patch_dim] -> [S * P / merge_unit, D] flat merged image features."""
         feats = self.visual(vision.patches, vision.rope_hw, vision.window_ids, vision.frame_ids, vision.restore,
                             remat=remat, window_slots=vision.window_slots)
         return feats.reshape(-1, feats.shape[-1])
-
-
-@nnx.jit
-def _jit_forward(model: VisionLanguageModel, inputs: ModelInputs) -> jax.Array:
-    return model.forward(inputs)

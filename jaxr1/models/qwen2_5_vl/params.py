@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from jaxr1.errors import UserError
+from jaxr1.models.hf_files import CheckpointError, copy_tokenizer_files, share_files
 from jaxr1.models.qwen2_5_vl.config import ModelConfig
 from jaxr1.models.qwen2_5_vl.model import Qwen2_5_VL
 
@@ -61,15 +60,6 @@ _TEXT = [
     ("language_model.norm", "model.norm.weight", "copy"),
 ]
 _LM_HEAD = ("language_model.lm_head", "lm_head.weight", "linear")
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.json", "chat_template.jinja", "preprocessor_config.json",
-                   "generation_config.json")
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that does not match the model; the message names the file and the key."""
-
 
 def text_weight_table(cfg) -> list[tuple[str, str, str]]:
     """The text decoder's rows (and lm_head unless tied); shared by every family using TextDecoder."""
@@ -272,21 +262,3 @@ def save_hf(model: Qwen2_5_VL, out_dir: str, *, source_dir: str | None = None,
     if source_dir:
         copy_tokenizer_files(source_dir, out_dir)
     share_files(out_dir)
-
-
-def share_files(out_dir: str) -> None:
-    """safetensors writes through a private temporary file (mode 0600); a model directory is for everyone
-    who may read the folder, so give the files the mode the umask allows."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for name in os.listdir(out_dir):
-        path = os.path.join(out_dir, name)
-        if os.path.isfile(path):
-            os.chmod(path, 0o666 & ~umask)
-
-
-def copy_tokenizer_files(source_dir: str, out_dir: str) -> None:
-    for name in TOKENIZER_FILES:
-        src = os.path.join(source_dir, name)
-        if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(os.path.join(out_dir, name)):
-            shutil.copy2(src, os.path.join(out_dir, name))

@@ -12,31 +12,18 @@ passes masked attention over the (cache or in-sequence) keys; the sampler's deco
 """
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 from flax import nnx
 
+from jaxr1.models.cache import KVCache
 from jaxr1.models.lora import stacked_weights
 from jaxr1.models.qwen2_5_vl.config import TextConfig
 from jaxr1.models.qwen2_5_vl.params_init import param
 from jaxr1.ops.attention import attention, prefix_attention
 from jaxr1.ops.layers import activation, apply_rope, linear, rms_norm
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class KVCache:
-    k: jax.Array  # [L, B, S, Hkv, D]
-    v: jax.Array
-
-    @classmethod
-    def zeros(cls, cfg: TextConfig, batch: int, length: int, dtype) -> "KVCache":
-        shape = (cfg.num_hidden_layers, batch, length, cfg.num_key_value_heads, cfg.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
 class DecoderLayers(nnx.Module):

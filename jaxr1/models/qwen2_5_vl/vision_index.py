@@ -15,6 +15,8 @@ import dataclasses
 
 import numpy as np
 
+from jaxr1.models.inputs import image_slots, next_bucket, slot_patches
+
 
 @dataclasses.dataclass
 class VisionLayout:
@@ -25,14 +27,6 @@ class VisionLayout:
     restore: np.ndarray      # [S, P // merge_unit] int32, window order -> processor order
     num_tokens: np.ndarray   # [S] int32, merged tokens per slot (0 for empty slots)
     window_slots: np.ndarray | None = None   # [S, W, window patches] int32 patch index (window order), -1 empty
-
-
-def next_bucket(n: int, minimum: int = 16) -> int:
-    """Power-of-two bucket >= n: a handful of compiled shapes covers every size."""
-    b = minimum
-    while b < n:
-        b *= 2
-    return b
 
 
 def image_window_order(grid_thw, *, spatial_merge_size: int, window_size: int | None, patch_size: int):
@@ -73,8 +67,8 @@ def build_vision_layout(pixel_values: np.ndarray, image_grid_thw: np.ndarray, *,
     counts = grids.prod(-1)
     if counts.sum() != len(pixel_values):
         raise ValueError(f"pixel_values has {len(pixel_values)} patches but image_grid_thw describes {counts.sum()}")
-    n_slots = num_slots or next_bucket(len(grids), 1)
-    p_slot = patches_per_slot or next_bucket(int(counts.max()) if len(counts) else unit, 64)
+    n_slots = num_slots or image_slots(len(grids))
+    p_slot = patches_per_slot or slot_patches(int(counts.max()) if len(counts) else unit)
     if len(grids) > n_slots or (len(counts) and counts.max() > p_slot):
         raise ValueError(f"{len(grids)} images of up to {counts.max()} patches do not fit {n_slots} slots x {p_slot}")
     patches = np.zeros((n_slots, p_slot, pixel_values.shape[-1]), np.float32)

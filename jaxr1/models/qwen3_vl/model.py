@@ -1,9 +1,9 @@
 """Qwen3-VL (dense) for conditional generation: vision tower (+ DeepStack) + Qwen3 text decoder, and the
 host-side input preparation.
 
-Same surface as `jaxr1.models.qwen2_5_vl.Qwen2_5_VL` (it shares its base `VisionLanguageModel`, its
-`ModelInputs` and input preparation): `forward(inputs)` is pure and traceable, `prepare_inputs` builds the
-static-shape inputs on the host, `model(...)` does both.
+Same surface as `jaxr1.models.qwen2_5_vl.Qwen2_5_VL` (it shares the base `jaxr1.models.vlm.VisionLanguageModel`,
+`jaxr1.models.inputs.ModelInputs` and Qwen2.5-VL's input preparation): `forward(inputs)` is pure and
+traceable, `prepare_inputs` builds the static-shape inputs on the host, `model(...)` does both.
 Difference: image features are a pair (merged features [N, D], DeepStack features [n, N, D]); the second
 must reach the text decoder (`deepstack_inputs`), not only the embeddings.
 """
@@ -14,11 +14,13 @@ import dataclasses
 import jax
 import numpy as np
 
-from jaxr1.models.qwen2_5_vl.model import ModelInputs, VisionLanguageModel, prepare_with_vision
+from jaxr1.models.inputs import ModelInputs
+from jaxr1.models.qwen2_5_vl.model import prepare_with_vision
 from jaxr1.models.qwen3_vl.config import ModelConfig
 from jaxr1.models.qwen3_vl.text import TextDecoder
 from jaxr1.models.qwen3_vl.vision import VisionTower
 from jaxr1.models.qwen3_vl.vision_index import build_layout
+from jaxr1.models.vlm import VisionLanguageModel
 
 ImageFeatures = tuple  # (features [N, D], deepstack [n, N, D] or None)
 

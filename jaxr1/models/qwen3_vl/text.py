@@ -18,7 +18,8 @@ import numpy as np
 from flax import nnx
 
 from jaxr1.models.qwen2_5_vl.params_init import param
-from jaxr1.models.qwen2_5_vl.text import KVCache, qkv_linear
+from jaxr1.models.cache import KVCache
+from jaxr1.models.qwen2_5_vl.text import qkv_linear
 from jaxr1.models.qwen2_5_vl.text import TextDecoder as Qwen2TextDecoder
 from jaxr1.models.qwen3_vl.config import TextConfig
 from jaxr1.ops.layers import apply_rope, rms_norm
