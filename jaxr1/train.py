@@ -69,8 +69,6 @@ def train(args) -> int:
     for noisy in ("absl", "jax._src.xla_bridge"):   # orbax's per-save chatter, the TPU probe on CPU hosts
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import jax
-    import yaml
-
     from jaxr1.assets import DEFAULT_CONFIG
     from jaxr1.config import load_config, to_dict
     cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
@@ -92,10 +90,9 @@ def train(args) -> int:
             require_wandb()   # a missing wandb fails now, not after the model load
 
     # --- run directory: whose run it holds decides whether (and from where) this one resumes
-    from jaxr1.loading import RUN_MODEL_FILES, train_checkpoint_steps
-    from jaxr1.run_dir import plan_resume, trim_logs
+    from jaxr1.run_dir import MODEL_FILES, checkpoint_steps, plan_resume, trim_logs, write_config
     run_dir = os.path.abspath(cfg.output_dir)
-    resume_step = plan_resume(run_dir, to_dict(cfg), cfg.resume, train_checkpoint_steps(run_dir), archive=is_main)
+    resume_step = plan_resume(run_dir, to_dict(cfg), cfg.resume, checkpoint_steps(run_dir), archive=is_main)
     if jax.process_count() > 1:   # process 0 may have moved an old run aside (resume=never)
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("jaxr1.run_dir")
@@ -103,7 +100,10 @@ def train(args) -> int:
 
     # --- model
     from jaxr1.eval import evaluate
-    from jaxr1.loading import build_eval_batches, eos_ids, load_policy, processor_dir, reward_specs
+    from jaxr1.data.text import eos_ids
+    from jaxr1.loading import build_eval_batches, load_policy
+    from jaxr1.rewards import reward_specs
+    from jaxr1.run_dir import processor_dir
     from jaxr1.rl.learner import Learner
     model, tokenizer, image_processor, model_dir = load_policy(cfg.model, cfg.data)
     log.info("model %s (%s params)", model_dir, f"{sum(x.size for x in jax.tree.leaves(model)):,}")
@@ -115,11 +115,10 @@ def train(args) -> int:
                  f"{sum(x.size for x in adapters):,}")
     if is_main:
         from jaxr1.checkpointing import save_model_files
-        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        write_config(run_dir, to_dict(cfg))
         # What checkpoints/STEP needs beside it to be evaluated or exported on its own.
         save_model_files(model.config, cfg.model.param_dtype, processor_dir(model_dir),
-                         os.path.join(run_dir, RUN_MODEL_FILES))
+                         os.path.join(run_dir, MODEL_FILES))
     from jaxr1.parallel.rules import check_heads
     check_heads(model.config, mesh)
     log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)

@@ -38,7 +38,7 @@ def sampler_rollout(learner, rl, *, tokenizer, eos_token_ids: Sequence[int], com
                     mesh=None) -> RolloutFn:
     """The sampler on the learner's live parameters (cast to the compute dtype): no weight sync. The one place
     the trainer calls `generate`."""
-    from jaxr1.loading import decode_completions
+    from jaxr1.data.text import decode_completions
     from jaxr1.parallel.distributed import to_host
     from jaxr1.sampling import generate
 
