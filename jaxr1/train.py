@@ -66,7 +66,8 @@ def _dry_run(args) -> int:
 # ----------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # force: importing grain (jaxr1.data) already gave the root logger a bare WARNING-level handler
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return run_cli(lambda: _dry_run(args) if args.dry_run else train(args), "jaxr1.train")
