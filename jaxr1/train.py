@@ -12,8 +12,12 @@ import os
 import sys
 import time
 
-import jax
-from tqdm import tqdm
+# Before the imports below: orbax logs through absl while it is imported, and absl's first log calls
+# logging.basicConfig() (a bare WARNING-level handler) when the root logger has none, making this a no-op.
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+import jax  # noqa: E402 - after the logging set-up above
+from tqdm import tqdm  # noqa: E402
 
 from jaxr1.assets import DEFAULT_CONFIG
 from jaxr1.config import load_config, to_dict
@@ -66,8 +70,6 @@ def _dry_run(args) -> int:
 # ----------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    # force: importing grain (jaxr1.data) already gave the root logger a bare WARNING-level handler
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return run_cli(lambda: _dry_run(args) if args.dry_run else train(args), "jaxr1.train")
