@@ -1,9 +1,11 @@
-"""Parameter checkpoints on orbax: a model directory holds `config.json` (HF layout), the tokenizer / image
-processor files, and `params/` (an orbax checkpoint of the model's parameters as a plain nested dict)."""
+"""Checkpoints on orbax. A model checkpoint holds `config.json` (HF layout), the tokenizer / image processor
+files, and `params/` (an orbax checkpoint of the model's parameters as a plain nested dict); a training
+checkpoint (TrainCheckpointer) holds the learner state. Which model a path holds is jaxr1.loading's to say."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import jax
@@ -14,8 +16,11 @@ from flax import nnx
 
 from jaxr1.models import build, config_from_dir
 from jaxr1.models.hf_files import CheckpointError, copy_tokenizer_files
+from jaxr1.parallel.rules import place
+from jaxr1.run_dir import CHECKPOINTS
 
 PARAMS_DIR = "params"
+log = logging.getLogger("jaxr1.checkpoint")
 
 
 def save_model(model, out_dir: str, *, source_dir: str | None = None, primary: bool = True) -> None:
@@ -41,62 +46,20 @@ def save_model_files(model_config, dtype: str, source_dir: str, out_dir: str) ->
     copy_tokenizer_files(source_dir, out_dir)
 
 
-def is_train_checkpoint(path: str) -> bool:
-    """A step directory the trainer writes (RUN/checkpoints/STEP/state, orbax)."""
-    return os.path.isdir(os.path.join(path, "state")) and os.path.basename(os.path.normpath(path)).isdigit()
-
-
-def load_train_checkpoint(step_dir: str, dtype: str | None = None):
-    """The policy of a training checkpoint (RUN/checkpoints/STEP): its parameters only (the optimizer state is
-    not read), with the model config from RUN/model_files/."""
-    from jaxr1.loading import RUN_MODEL_FILES
-    step_dir = os.path.abspath(step_dir)
-    files = os.path.join(os.path.dirname(os.path.dirname(step_dir)), RUN_MODEL_FILES)
-    if not os.path.isfile(os.path.join(files, "config.json")):
-        raise CheckpointError(f"{step_dir}: a training checkpoint without its run's {RUN_MODEL_FILES}/config.json "
-                              f"(expected at {files}); it was written by an older jaxr1: export it from the same "
-                              f"run directory's checkpoint/ instead")
-    lora_cfg = _run_lora(os.path.dirname(os.path.dirname(step_dir)))
-    if lora_cfg:
-        # A LoRA run checkpoints its adapters only: the base is the run's model.path, loaded again.
-        from jaxr1.loading import load_model_dir, resolve_model_dir
-        from jaxr1.models.lora import LoRAParam, add_lora
-        base = load_model_dir(resolve_model_dir(lora_cfg["base"]), dtype)
-        model = add_lora(base, rank=lora_cfg["rank"], alpha=lora_cfg["alpha"], target=lora_cfg["target"])
-        abstract = nnx.state(model, LoRAParam)
-    else:
-        model = _abstract_model(files, dtype)
-        abstract = nnx.state(model, nnx.Param)
+def restore_params(step_dir: str, abstract_params):
+    """The parameters alone (the optimizer state is not read) of a training checkpoint's state, as
+    `abstract_params` gives them (shapes, dtypes), restored whole on one device and cast to those dtypes."""
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])   # saved sharded; restored whole, on one device
-    target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract)}
+    target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract_params)}
     with ocp.PyTreeCheckpointer() as ckptr:
         restored = ckptr.restore(os.path.join(step_dir, "state"),
                                  args=ocp.args.PyTreeRestore(target, partial_restore=True,
                                                              restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
-    nnx.update(model, jax.tree.map(lambda x, ref: jnp.asarray(x, ref.dtype), restored["params"], target["params"]))
-    if lora_cfg:
-        from jaxr1.models.lora import merge_adapters
-        return merge_adapters(model)
-    return model
+    return jax.tree.map(lambda x, ref: jnp.asarray(x, ref.dtype), restored["params"], target["params"])
 
 
-def _run_lora(run_dir: str) -> dict | None:
-    """{rank, alpha, target, base} of a LoRA run (from its config.yaml), or None."""
-    import yaml
-
-    from jaxr1.loading import RUN_CONFIG
-    path = os.path.join(run_dir, RUN_CONFIG)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
-    lora = cfg.get("lora") or {}
-    if not lora.get("rank"):
-        return None
-    return {**lora, "base": cfg.get("model", {}).get("path", "tiny")}
-
-
-def _abstract_model(model_dir: str, dtype: str | None):
+def abstract_model(model_dir: str, dtype: str | None):
+    """The model of a directory's config.json, shapes only (dtype: as saved unless given)."""
     cfg = config_from_dir(model_dir)
     with open(os.path.join(model_dir, "config.json")) as f:
         saved = json.load(f)
@@ -112,12 +75,10 @@ def load_model(ckpt_dir: str, dtype: str | None = None):
     """Restore a model saved by `save_model` (dtype: as saved unless given)."""
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir}: no such directory")
-    if is_train_checkpoint(ckpt_dir):
-        return load_train_checkpoint(ckpt_dir, dtype)
     if not is_model_checkpoint(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir}: not a jaxr1 checkpoint (a model checkpoint has config.json and "
                               f"{PARAMS_DIR}/; a training checkpoint is RUN/checkpoints/STEP)")
-    model = _abstract_model(ckpt_dir, dtype)
+    model = abstract_model(ckpt_dir, dtype)
     abstract = nnx.state(model, nnx.Param)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(abstract))
     with ocp.StandardCheckpointer() as ckptr:
@@ -137,7 +98,6 @@ def _counter(value: int, like):
     sharding = getattr(like, "sharding", None)
     if sharding is None:
         return jnp.asarray(value, jnp.int32)
-    from jaxr1.parallel.rules import place
     return place(np.asarray(value, np.int32), sharding)
 
 
@@ -150,7 +110,7 @@ class TrainCheckpointer:
     item) still restore."""
 
     def __init__(self, run_dir: str, *, keep: int = 2, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
+        self.directory = os.path.join(os.path.abspath(run_dir), CHECKPOINTS)
         self._preemption_error_logged = False
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep,
@@ -186,16 +146,12 @@ class TrainCheckpointer:
         """Remove checkpoints past `step` (a run resumed from an earlier step replaces them), saying which."""
         later = [s for s in self.manager.all_steps() if s > step]
         if later:
-            import logging
-            logging.getLogger("jaxr1.checkpoint").warning(
-                "resuming from step %d: removing the later checkpoints %s of the replaced branch", step, later)
+            log.warning("resuming from step %d: removing the later checkpoints %s of the replaced branch", step, later)
             for s in later:
                 self.manager.delete(s)
 
     def restore_latest(self, abstract_state) -> tuple[int, object, dict] | None:
         """(step, state, meta) of the newest restorable step, or None when there is none."""
-        import logging
-        log = logging.getLogger("jaxr1.checkpoint")
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 return self.restore(step, abstract_state)
@@ -211,10 +167,8 @@ class TrainCheckpointer:
         except Exception as e:  # noqa: BLE001 - must not stop training; the SIGTERM handler still saves
             if not self._preemption_error_logged:
                 self._preemption_error_logged = True
-                import logging
-                logging.getLogger("jaxr1.checkpoint").warning(
-                    "preemption check failed at step %d (%s: %s); maintenance events will not reach the sync "
-                    "point (later failures not logged)", step, type(e).__name__, e)
+                log.warning("preemption check failed at step %d (%s: %s); maintenance events will not reach the "
+                            "sync point (later failures not logged)", step, type(e).__name__, e)
             return False
 
     def wait(self) -> None:

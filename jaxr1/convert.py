@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert(args) -> int:
-    from jaxr1.checkpointing import load_model, save_model
-    from jaxr1.loading import processor_dir, resolve_model_dir
+    from jaxr1.checkpointing import save_model
+    from jaxr1.loading import load_checkpoint, resolve_model_dir
+    from jaxr1.run_dir import processor_dir
     from jaxr1.models import load_hf, save_hf
 
     t0 = time.time()
@@ -60,7 +61,7 @@ def _convert(args) -> int:
         model = merge_adapters(load_peft_adapter(load_model_dir(src, args.dtype), args.adapter))
         save_hf(model, args.out, source_dir=processor_dir(src))
     else:   # a model checkpoint, a training checkpoint (RUN/checkpoints/STEP) or a run directory (its newest)
-        model = load_model(src, dtype=args.dtype)
+        model = load_checkpoint(src, dtype=args.dtype)
         save_hf(model, args.out, source_dir=processor_dir(src))
     print(f"{args.cmd}: {args.src} -> {args.out} ({time.time() - t0:.1f}s)")
     return 0

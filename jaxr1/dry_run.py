@@ -8,11 +8,31 @@ analysis and FLOPs from their cost analysis. On a CPU host it runs on forced hos
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxr1 import targets
+from jaxr1.flops import decoder_flops
+from jaxr1.loading import resolve_model_dir
+from jaxr1.models import config_from_dir, family
+from jaxr1.models.inputs import PromptArrays, model_inputs, next_bucket
+from jaxr1.parallel import batch_shardings
+from jaxr1.rl.learner import Learner, MicroBatch
+from jaxr1.rl.losses import compute_loss_normalizer
+from jaxr1.rl.pack import choose_layout, key_cost, pack
+from jaxr1.sampling import make_spec, prepare_prompts
+from jaxr1.sampling.layout import batch_shards, gathered_param_shardings, prompt_shardings
+from jaxr1.sampling.sampler import decode_fn, prefill_fn
+from jaxr1.setup import set_up
 
 log = logging.getLogger("jaxr1.dry_run")
 
@@ -28,8 +48,6 @@ GB = 1024**3
 
 
 def model_config(path: str):
-    from jaxr1.loading import resolve_model_dir
-    from jaxr1.models import config_from_dir, family
     key = path.lower().rstrip("/")
     if key in NAMED_SIZES and not os.path.isdir(path):
         model_type, size = NAMED_SIZES[key]
@@ -43,7 +61,6 @@ def required_devices(parallel) -> int | None:
 
 
 def _bytes_per_device(tree) -> int:
-    import jax
     total = 0
     for x in jax.tree.leaves(tree):
         shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
@@ -53,15 +70,12 @@ def _bytes_per_device(tree) -> int:
 
 
 def _abstract(x, sharding):
-    import jax
     return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype,
                                 sharding=sharding)
 
 
 def _shard_abstract(tree, mesh):
     """Host arrays -> ShapeDtypeStructs with the batch sharding shard_batch would give them."""
-    import jax
-    from jaxr1.parallel import batch_shardings
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=s),
                         tree, batch_shardings(tree, mesh))
 
@@ -84,131 +98,146 @@ def _flops(compiled) -> float:
 def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> dict:
     """target: "cpu" (forced host devices), or "h100" / "tpu-v5p": the same programs compiled for that
     hardware without it (jaxr1.targets), with the attention kernel `model.attention` picks there."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from jaxr1 import targets
-    from jaxr1.models import build, set_attention
-    from jaxr1.sampling.layout import gathered_param_shardings, prompt_shardings
-    from jaxr1.models.inputs import PromptArrays, model_inputs, next_bucket
-    from jaxr1.parallel import make_mesh
-    from jaxr1.parallel import check_batch_layout
-    from jaxr1.rl.learner import Learner, MicroBatch
-    from jaxr1.rl.losses import compute_loss_normalizer
-    from jaxr1.sampling import make_spec, prepare_prompts
-    from jaxr1.sampling.sampler import decode_fn, prefill_fn
-
     t0 = time.time()
+    if target == "cpu" and cfg.model.attention in ("cudnn", "splash"):
+        log.info("model.attention=%s is for its hardware: the cpu dry run compiles xla (--target h100 or "
+                 "tpu-v5p compiles the kernel)", cfg.model.attention)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention="xla"))
     mcfg = model_config(cfg.model.path)
-    n_dev = required_devices(cfg.parallel)
-    devices = None if target == "cpu" else targets.target_devices(target, n_dev or 4)
-    mesh = make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor, devices=devices)
+    devices = None if target == "cpu" else targets.target_devices(target, required_devices(cfg.parallel) or 4)
     # data.batch_size is per host: a target's slice has mesh.size / chips-per-host hosts (the cpu dry run is
     # one process, so there it is the whole batch).
-    hosts = max(1, mesh.size // targets.CHIPS_PER_HOST[target]) if target in targets.CHIPS_PER_HOST else 1
-    check_batch_layout(cfg.data, cfg.rl, mesh.shape, hosts, mcfg)
-    def build_policy():
-        model = build(mcfg, cfg.model.param_dtype)
-        if cfg.lora.rank:
-            from jaxr1.models.lora import add_lora
-            model = add_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target=cfg.lora.target)
-        return model
-    abstract_model = nnx.eval_shape(build_policy)
-    attention = cfg.model.attention
-    if target == "cpu" and attention in ("cudnn", "splash"):
-        log.info("model.attention=%s is for its hardware: the cpu dry run compiles xla (--target h100 or "
-                 "tpu-v5p compiles the kernel)", attention)
-        attention = "xla"
-    chosen = set_attention(abstract_model, attention, platform=targets.PLATFORM[target],
-                           dtype=cfg.model.compute_dtype)
-    learner = Learner(abstract_model, cfg.rl, cfg.optim, cfg.steps, compute_dtype=cfg.model.compute_dtype,
-                      remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision, mesh=mesh)
-    learner_state = learner.init(abstract_model, abstract=True)
-    params, opt_state = learner_state.params, learner_state.opt_state
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    hosts = max(1, len(devices) // targets.CHIPS_PER_HOST[target]) if target in targets.CHIPS_PER_HOST else 1
+    s, state = set_up(cfg, hosts=hosts, devices=devices, platform=targets.PLATFORM[target], shapes_of=mcfg)
+    shapes = step_shapes(cfg, s, mcfg, hosts)
+    programs = compile_programs(cfg, s, state, shapes, target)
+    report = make_report(cfg, s, state, shapes, programs, target, hosts, device_memory_gb)
+    report["compile_s"] = time.time() - t0
+    _print(report, cfg)
+    return report
 
-    # Shapes of one step: each prompt at the prompt-length bucket with one image of the largest patch count.
-    b = cfg.data.batch_size * hosts   # the global batch: the sampler runs on every host's prompts
+
+@dataclasses.dataclass
+class Shapes:
+    """One step's inputs, abstract: each prompt at the prompt-length bucket with one image of the largest patch
+    count."""
+    prompts: int                          # the global batch (the sampler runs on every host's prompts)
+    micro_prompts: int
+    prompt_len: int
+    mb: Any                               # a host MicroBatch (zeros) of micro_prompts x G rows
+    abstract_mb: Any                      # ... as shard_batch places it
+    normalizer: Any
+    sampler_batch: Any                    # the sampler's prompts, as prompt_shardings places them
+    spec: Any                             # the sampler's static spec
+    policy: Any                           # the sampler's weights: compute dtype, gathered shardings
+    graphdef: Any
+
+
+def step_shapes(cfg, s, mcfg, hosts: int) -> Shapes:
+    b = cfg.data.batch_size * hosts
     mb_prompts = cfg.rl.micro_batch_prompts or b
     G, Tc = cfg.rl.num_generations, cfg.rl.max_completion_length
     max_pixels = cfg.data.max_pixels or 401408
     v = mcfg.vision
     side = max(2, int(np.sqrt(max_pixels) // (v.patch_size * v.spatial_merge_size)) * v.spatial_merge_size)
-    grid = np.array([[1, side, side]])
     n_img_tokens = side * side // v.merge_unit
     tp = -(-max(cfg.data.max_prompt_length, n_img_tokens + 16) // cfg.data.pad_multiple) * cfg.data.pad_multiple
 
-    def prompts(n):
-        ids = np.full((n, tp), 1, np.int32)
-        ids[:, tp - n_img_tokens - 8: tp - 8] = mcfg.image_token_id
-        pv = np.zeros((n * side * side, v.patch_dim), np.float32)
-        return ids, np.ones_like(ids), pv, np.repeat(grid, n, 0)
-
-    ids, mask, pv, grids = prompts(mb_prompts)
-    patches = next_bucket(side * side, 64)
-    inputs, deltas = model_inputs(mcfg, PromptArrays(ids, mask, pv, grids), patches_per_slot=patches)
+    ids, mask, pv, grids = _prompts(mcfg, mb_prompts, tp, side, n_img_tokens)
+    inputs, deltas = model_inputs(mcfg, PromptArrays(ids, mask, pv, grids), patches_per_slot=next_bucket(side * side, 64))
     rows = mb_prompts * G
     comp = np.zeros((rows, Tc), np.int32)
     lp = np.zeros((rows, Tc), np.float32)
     mb = MicroBatch(inputs, deltas, comp, comp, np.zeros(rows, np.float32), lp, lp if cfg.rl.beta > 0 else None)
-    abstract_mb = _shard_abstract(mb, mesh)
     normalizer = compute_loss_normalizer(jnp.ones((rows, Tc)), cfg.rl.loss_aggregation)
 
-    rows_per_device = abstract_mb.completions.sharding.shard_shape(abstract_mb.completions.shape)[0]
-    n_total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract_model)))
-    report = {"params": n_total, "trainable": n_params, "lora_rank": cfg.lora.rank, "mesh": dict(mesh.shape), "devices": mesh.size, "target": target, "hosts": hosts,
-              "attention": chosen, "rows_per_device": rows_per_device, "rows": rows}
+    spec = make_spec(mcfg, max_new_tokens=Tc, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
+                     top_k=cfg.rl.top_k, num_samples=G, eos_token_ids=mcfg.eos_token_id, mesh=s.mesh)
+    sbatch = prepare_prompts(mcfg, *_prompts(mcfg, b, tp, side, n_img_tokens), pad_token_id=spec.pad_token_id)
+    sbatch = jax.tree.map(_abstract, sbatch, prompt_shardings(sbatch, s.mesh))
+    # What generate(mesh=) runs on: the weights (with LoRA: base + adapters, applied unmerged) cast to the
+    # compute dtype and gathered once per rollout.
+    graphdef, policy = nnx.split(s.abstract_model)
+    policy = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(cfg.model.compute_dtype)), policy)
+    policy = jax.tree.map(_abstract, policy, gathered_param_shardings(policy, s.mesh))
+    return Shapes(b, mb_prompts, tp, mb, _shard_abstract(mb, s.mesh), normalizer, sbatch, spec, policy, graphdef)
+
+
+def _prompts(mcfg, n: int, tp: int, side: int, n_img_tokens: int):
+    """n prompts of tp tokens, each with one side x side image (input_ids, attention_mask, pixels, grids)."""
+    ids = np.full((n, tp), 1, np.int32)
+    ids[:, tp - n_img_tokens - 8: tp - 8] = mcfg.image_token_id
+    pv = np.zeros((n * side * side, mcfg.vision.patch_dim), np.float32)
+    return ids, np.ones_like(ids), pv, np.repeat(np.array([[1, side, side]]), n, 0)
+
+
+@dataclasses.dataclass
+class Programs:
+    grads: Any                            # the train step on one micro-batch: forward + backward
+    apply: Any                            # the optimizer update
+    prefill: Any
+    decode: Any
+    sampler_state: Any                    # the prefill's outputs: KV cache + sampler state
+    packed: Any = None                    # the packed train step (rl.pack_completions), and its layout
+    packed_layout: tuple | None = None
+
+
+def compile_programs(cfg, s, state, shapes: Shapes, target: str) -> Programs:
+    learner, mesh, G, Tc = s.learner, s.mesh, cfg.rl.num_generations, cfg.rl.max_completion_length
     log.info("compiling the train step for %s (%d prompts x %d samples, prompt %d + completion %d tokens)",
-             target, mb_prompts, G, tp, Tc)
+             target, shapes.micro_prompts, G, shapes.prompt_len, Tc)
     key_dtype = jax.random.key(0).dtype   # on the host's CPU (no array may be made on compile-only devices)
     with targets.compiling_for(target, mesh):
-        grads_c = Learner.grads_fn.lower(learner, params, learner.frozen, abstract_mb, normalizer).compile()
-        grads_abs = _outputs(grads_c, mesh)[0]
-        apply_c = Learner.apply.lower(learner, learner_state, grads_abs).compile()
+        grads_c = Learner.grads_fn.lower(learner, state.params, learner.frozen, shapes.abstract_mb,
+                                         shapes.normalizer).compile()
+        apply_c = Learner.apply.lower(learner, state, _outputs(grads_c, mesh)[0]).compile()
         packed_c, packed_layout = None, None
         if cfg.rl.pack_completions and cfg.rl.shared_prompt:
             # The steady-state program: completions packed into shared rows (jaxr1.rl.pack). Its layout
             # depends on the lengths; this compiles the one for completions of Tc / 4 (the recipes' typical).
-            packed_mb, packed_layout = _packed_micro_batch(mb, cfg.rl, mesh, mcfg.text)
+            packed_mb, packed_layout = _packed_micro_batch(shapes.mb, cfg.rl, mesh, learner.model_config.text)
             log.info("compiling the packed train step (%d rows x %d, up to %d prompts a row)", packed_layout[1],
                      packed_layout[0], packed_layout[2])
-            packed_c = Learner.grads_fn.lower(learner, params, learner.frozen, _shard_abstract(packed_mb, mesh),
-                                              normalizer).compile()
+            packed_c = Learner.grads_fn.lower(learner, state.params, learner.frozen,
+                                              _shard_abstract(packed_mb, mesh), shapes.normalizer).compile()
 
-        log.info("compiling the sampler (%d prompts x %d samples, %d new tokens)", b, G, Tc)
-        spec = make_spec(mcfg, max_new_tokens=Tc, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
-                         top_k=cfg.rl.top_k, num_samples=G, eos_token_ids=mcfg.eos_token_id, mesh=mesh)
-        s_ids, s_mask, s_pv, s_grids = prompts(b)
-        sbatch = prepare_prompts(mcfg, s_ids, s_mask, s_pv, s_grids, pad_token_id=spec.pad_token_id)
-        sbatch = jax.tree.map(_abstract, sbatch, prompt_shardings(sbatch, mesh))
-        compute = jnp.dtype(cfg.model.compute_dtype)
-        # What generate(mesh=) runs on: the weights (with LoRA: base + adapters, applied unmerged) cast to the
-        # compute dtype and gathered once per rollout.
-        sampler_graphdef, policy = nnx.split(abstract_model)
-        policy = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, compute), policy)
-        policy = jax.tree.map(_abstract, policy, gathered_param_shardings(policy, mesh))
-        key = jax.ShapeDtypeStruct((), key_dtype, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-        prefill_c = prefill_fn.lower(sampler_graphdef, policy, sbatch, key, Tc, cfg.rl.temperature or 1.0,
-                                     cfg.rl.top_p, spec=spec).compile()
-        state = _outputs(prefill_c, mesh)
-        decode_c = decode_fn.lower(sampler_graphdef, policy, state, spec=spec).compile()
-    train_text = targets.hlo_text(grads_c)
-    kernel_call = {"splash": "tpu_custom_call", "cudnn": "__cudnn$fmha"}.get(chosen["text"])
+        log.info("compiling the sampler (%d prompts x %d samples, %d new tokens)", shapes.prompts, G, Tc)
+        key = jax.ShapeDtypeStruct((), key_dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+        prefill_c = prefill_fn.lower(shapes.graphdef, shapes.policy, shapes.sampler_batch, key, Tc,
+                                     cfg.rl.temperature or 1.0, cfg.rl.top_p, spec=shapes.spec).compile()
+        sampler_state = _outputs(prefill_c, mesh)
+        decode_c = decode_fn.lower(shapes.graphdef, shapes.policy, sampler_state, spec=shapes.spec).compile()
+    return Programs(grads_c, apply_c, prefill_c, decode_c, sampler_state, packed_c, packed_layout)
+
+
+def make_report(cfg, s, state, shapes: Shapes, p: Programs, target: str, hosts: int,
+                device_memory_gb: float | None) -> dict:
+    learner, mesh, mcfg = s.learner, s.mesh, s.learner.model_config
+    params, opt_state = state.params, state.opt_state
+    G, Tc, b, mb_prompts, tp = (cfg.rl.num_generations, cfg.rl.max_completion_length, shapes.prompts,
+                                shapes.micro_prompts, shapes.prompt_len)
+    rows = mb_prompts * G
+    completions = shapes.abstract_mb.completions
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    n_total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(s.abstract_model)))
+    report = {"params": n_total, "trainable": n_params, "lora_rank": cfg.lora.rank, "mesh": dict(mesh.shape),
+              "devices": mesh.size, "target": target, "hosts": hosts, "attention": s.attention,
+              "rows_per_device": completions.sharding.shard_shape(completions.shape)[0], "rows": rows}
+    kernel_call = {"splash": "tpu_custom_call", "cudnn": "__cudnn$fmha"}.get(s.attention["text"])
     has_kernel = lambda text: (None if kernel_call is None else
                                any(c.startswith(kernel_call) for c in targets.custom_calls(text)))
-    report["kernel_in_train_step"] = has_kernel(train_text)
-    if packed_c is not None:
-        report["packed_train_step"] = {"layout": f"{packed_layout[1]} rows x {packed_layout[0]}, "
-                                                 f"<= {packed_layout[2]} prompts a row",
-                                       "temp": _memory(packed_c).get("temp", 0),
-                                       "kernel": has_kernel(targets.hlo_text(packed_c))}
-    loop = targets.loop_body_collectives(targets.hlo_text(decode_c))
+    report["kernel_in_train_step"] = has_kernel(targets.hlo_text(p.grads))
+    if p.packed is not None:
+        report["packed_train_step"] = {"layout": f"{p.packed_layout[1]} rows x {p.packed_layout[0]}, "
+                                                 f"<= {p.packed_layout[2]} prompts a row",
+                                       "temp": _memory(p.packed).get("temp", 0),
+                                       "kernel": has_kernel(targets.hlo_text(p.packed))}
+    loop = targets.loop_body_collectives(targets.hlo_text(p.decode))
     report["decode_loop_collectives"] = {k: len(v) for k, v in loop.items() if v}
 
     n_mb = b // mb_prompts
-    train_m, apply_m = _memory(grads_c), _memory(apply_c)
-    prefill_m, decode_m = _memory(prefill_c), _memory(decode_c)
+    train_m, apply_m = _memory(p.grads), _memory(p.apply)
+    prefill_m, decode_m = _memory(p.prefill), _memory(p.decode)
     resident_mem = {
         "parameters (master)" if not learner.lora else "LoRA adapters (master)": _bytes_per_device(params),
         "frozen base (compute dtype)": _bytes_per_device(learner.frozen) if learner.lora else 0,
@@ -221,15 +250,16 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     train_grads = grads * (2 if n_mb > 1 else 1)
     # The sampler's copy: a gather of fsdp-sharded weights copies them all; else only the cast of the
     # trainable parameters to the compute dtype does (a LoRA base is stored in it already).
+    compute = jnp.dtype(cfg.model.compute_dtype)
     cast = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, compute, sharding=x.sharding), params)
-    sampler_weights = _bytes_per_device(policy) if mesh.shape["fsdp"] > 1 else (
+    sampler_weights = _bytes_per_device(shapes.policy) if mesh.shape["fsdp"] > 1 else (
         _bytes_per_device(cast) if compute != jnp.dtype(cfg.model.param_dtype) else 0)
     mem = {**resident_mem,
            "train step: activations/temporaries": train_m.get("temp", 0),
            "train step: gradients" + (" (x2: accumulating)" if n_mb > 1 else ""): train_grads,
            "optimizer update: temporaries": apply_m.get("temp", 0),
            "sampler: weights in compute dtype": sampler_weights,
-           "sampler: KV cache + state": _bytes_per_device(state),
+           "sampler: KV cache + state": _bytes_per_device(p.sampler_state),
            "sampler: temporaries": max(prefill_m.get("temp", 0), decode_m.get("temp", 0))}
     resident = sum(resident_mem.values())
     train_peak = resident + mem["train step: activations/temporaries"] + train_grads
@@ -238,8 +268,8 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
     peak = max(train_peak, sample_peak, update_peak)
     # cost_analysis counts a loop body once (the layer scan, the decode loop): the analytic figures below
     # count every layer and step.
-    flops = {"train step, cost analysis (loop bodies once)": _flops(grads_c) * n_mb * max(cfg.rl.num_iterations, 1),
-             "sampler prefill": _flops(prefill_c), "sampler decode loop (one while-loop body)": _flops(decode_c)}
+    flops = {"train step, cost analysis (loop bodies once)": _flops(p.grads) * n_mb * max(cfg.rl.num_iterations, 1),
+             "sampler prefill": _flops(p.prefill), "sampler decode loop (one while-loop body)": _flops(p.decode)}
     # A target's usable memory (an H100 80GB leaves ~73 GiB to XLA), unless given on the command line.
     limit = (device_memory_gb or targets.USABLE_MEMORY_GB.get(target) or cfg.parallel.device_memory_gb) * GB
     # rl.shared_prompt: each prompt once through the decoder, not once per completion
@@ -248,19 +278,13 @@ def dry_run(cfg, device_memory_gb: float | None = None, target: str = "cpu") -> 
                                                               lora=learner.lora) * n_mb * \
         max(cfg.rl.num_iterations, 1) / mesh.size
     flops["sampler decode, analytic (all steps)"] = 2.0 * n_total * b * G * Tc / mesh.size
-    report.update(memory=mem, peak=peak, limit=limit, fits=peak <= limit, flops=flops,
-                  compile_s=time.time() - t0)
-    _print(report, cfg)
+    report.update(memory=mem, peak=peak, limit=limit, fits=peak <= limit, flops=flops)
     return report
 
 
 def _packed_micro_batch(mb, rl, mesh, text_cfg):
     """The micro-batch `mb` (completions [rows, Tc]) with every completion Tc / 4 tokens long, packed as the
     step packs it (jaxr1.rl.step._packing): (MicroBatch, (row length, rows, prompts a row))."""
-    import dataclasses
-
-    from jaxr1.rl.pack import choose_layout, key_cost, pack
-    from jaxr1.sampling.layout import batch_shards
     rows, tc = mb.completions.shape
     lengths = np.full(rows, max(1, tc // 4), np.int32)
     L, R, K = choose_layout([lengths], rl.num_generations, int(lengths.max()), tc, batch_shards(mesh),
@@ -280,7 +304,6 @@ def _train_flops(mcfg, tokens: int, remat: bool, lora: bool = False) -> float:
     """Matmul FLOPs of forward + backward over `tokens` through the text decoder's weights (2 per weight per
     token forward, 4 backward (2 with LoRA: no weight gradient for the frozen base; the adapters' own are
     negligible), 2 more with remat)."""
-    from jaxr1.flops import decoder_flops
     f = decoder_flops(mcfg.text)
     passes = (4 if lora else 6) + (2 if remat else 0)
     return float(passes / 2 * (f["token"] + f["logit"]) * tokens)
@@ -288,12 +311,10 @@ def _train_flops(mcfg, tokens: int, remat: bool, lora: bool = False) -> float:
 
 def _on_mesh(sharding, mesh):
     """Scalars come back on one device; as program inputs they must be replicated over the mesh."""
-    from jax.sharding import NamedSharding, PartitionSpec
     return sharding if isinstance(sharding, NamedSharding) else NamedSharding(mesh, PartitionSpec())
 
 
 def _outputs(compiled, mesh):
-    import jax
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_on_mesh(s, mesh)),
                         compiled.out_info, compiled.output_shardings)
 

@@ -16,8 +16,9 @@ import sys
 
 import numpy as np
 
-from jaxr1.loading import decode_completions, eos_ids
-from jaxr1.rewards import RewardScorer
+from jaxr1 import run_dir
+from jaxr1.data.text import decode_completions, eos_ids
+from jaxr1.rewards import RewardScorer, reward_specs
 
 
 def evaluate(model, batches, tokenizer, *, eos_token_ids, max_new_tokens: int = 64, num_samples: int = 1,
@@ -77,19 +78,18 @@ def main(argv: list[str] | None = None) -> int:
 def _eval(args) -> int:
     from jaxr1.config import load_config
     from jaxr1.errors import UserError
-    from jaxr1.loading import (RUN_CONFIG, build_eval_batches, load_policy, resolve_model_dir, reward_specs,
-                               run_dir_of)
+    from jaxr1.loading import build_eval_batches, load_policy, resolve_model_dir
     # A model from a run is evaluated with that run's prompt, template, data and verifier settings.
-    run_dir = run_dir_of(resolve_model_dir(args.model))
-    base = os.path.join(run_dir, RUN_CONFIG) if run_dir else None
+    run = run_dir.run_dir_of(resolve_model_dir(args.model))
+    base = os.path.join(run, run_dir.CONFIG) if run else None
     overrides = [f"model.path={args.model}", *([f"data.path={args.data}", "data.eval_path=null"] if args.data else [])]
     cfg = load_config(base, [*overrides, *args.overrides])
     data_cfg = cfg.data if args.data else cfg.data.for_eval()
     if data_cfg is None:
-        raise UserError(f"no held-out data: {'the run ' + run_dir + ' has no eval split' if run_dir else 'no run config'}"
+        raise UserError(f"no held-out data: {'the run ' + run + ' has no eval split' if run else 'no run config'}"
                         f"; pass --data FILE")
     print(f"evaluating {args.model} on {', '.join(data_cfg.paths)}"
-          f"{' with the settings of the run in ' + run_dir if run_dir else ''}", file=sys.stderr)
+          f"{' with the settings of the run in ' + run if run else ''}", file=sys.stderr)
     model, tokenizer, image_processor, _ = load_policy(cfg.model, cfg.data)
     if cfg.model.compute_dtype != cfg.model.param_dtype:   # as the trainer's own evaluations run
         import jax

@@ -104,3 +104,15 @@ def _samples_table(step: int, rows: list[dict]):
     data = [[step, *("" if r.get(k) is None else str(r[k]) for k in _TEXT_COLUMNS),
              *(float(r[k]) if k in r else None for k in rewards)] for r in rows]
     return wandb.Table(columns=["step", *_TEXT_COLUMNS, *rewards], data=data)
+
+
+def wandb_options(wandb_cfg, cfg_dict: dict, *, check: bool = True) -> dict | None:
+    """RunLog's `wandb` argument from the config's logging.wandb (None: off); the resolved config (what
+    config.yaml holds) becomes the wandb run config. check: fail now on a missing wandb, not after the model
+    load (process 0 only: the others never start it)."""
+    if not wandb_cfg.project or wandb_cfg.mode == "disabled":
+        return None
+    if check:
+        require_wandb()
+    return {"project": wandb_cfg.project, "entity": wandb_cfg.entity, "name": wandb_cfg.name,
+            "mode": wandb_cfg.mode, "config": cfg_dict}

@@ -77,7 +77,7 @@ def run_sft(model, tokenizer, image_processor, data_cfg, *, steps: int, lr: floa
     a partly trained model.
     """
     from jaxr1.data import build_dataset
-    from jaxr1.loading import eos_ids
+    from jaxr1.data.text import eos_ids
     from jaxr1.models.inputs import max_patches, model_inputs
     if (template is None) == (targets is None):
         raise ValueError("run_sft needs exactly one of template and targets")

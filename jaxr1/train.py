@@ -12,7 +12,32 @@ import os
 import sys
 import time
 
+# Before the imports below: orbax logs through absl while it is imported, and absl's first log calls
+# logging.basicConfig() (a bare WARNING-level handler) when the root logger has none, making this a no-op.
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+import jax  # noqa: E402 - after the logging set-up above
+from tqdm import tqdm  # noqa: E402
+
+from jaxr1.assets import DEFAULT_CONFIG
+from jaxr1.config import load_config, to_dict
+from jaxr1.data import build_dataset
+from jaxr1.data.text import eos_ids
+from jaxr1.dry_run import dry_run, required_devices
+from jaxr1.errors import run_cli
+from jaxr1.loading import build_eval_batches
+from jaxr1.parallel.distributed import initialize_from_env
+from jaxr1.rewards import RewardScorer, reward_specs
+from jaxr1.models.inputs import max_patches
+from jaxr1.rl.rollout import sampler_rollout
+from jaxr1.rl.step import StepContext, grpo_step
+from jaxr1.run import Run
+from jaxr1.run_dir import checkpoint_steps, plan_resume
+from jaxr1.runlog import wandb_options
+from jaxr1.setup import set_up
+
 log = logging.getLogger("jaxr1.train")
+NOISY_LOGGERS = ("absl", "jax._src.xla_bridge")   # orbax's per-save chatter, the TPU probe on CPU hosts
 
 
 # ----------------------------------------------------------------------------------------------- set up
@@ -27,251 +52,110 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
-def sample_rows(record, tokenizer, group_size: int, names: list[str]) -> list[dict]:
-    """samples.jsonl / wandb rows: each prompt's first completion with its rewards."""
-    batch, texts, per_function = record.batch, record.rollout.texts, record.rewards.per_function
-    rows = []
-    for i in range(0, len(texts), group_size):
-        p, ex = i // group_size, record.batch.examples[i // group_size]
-        rows.append({"prompt": tokenizer.decode(batch.input_ids[p][batch.attention_mask[p] > 0]),
-                     "images": ex.get("source"), "row": ex.get("row"), "answer": ex.get("answer"),
-                     "completion": texts[i], **{k: float(per_function[k][i]) for k in names}})
-    return rows
-
-
 def _dry_run(args) -> int:
     """Compile everything for the configured shapes and mesh (forced host devices, or --target's compile-only
     devices); print memory, FLOPs, the attention kernel and the batch layout."""
-    import jax
-    if not os.environ.get("JAX_PLATFORMS"):   # compile-only targets need no local accelerator backend
-        jax.config.update("jax_platforms", "cpu")   # (before any backend starts; the env var is read at import)
-    from jaxr1.config import load_config
+    # Both settings are read when JAX first starts its backends (not at import), so they go here, before any
+    # array exists: compile-only targets need no local accelerator backend; a cpu dry run needs one CPU device
+    # per mesh position.
+    if not os.environ.get("JAX_PLATFORMS"):
+        jax.config.update("jax_platforms", "cpu")
     cfg = load_config(args.config, args.overrides)
-    from jaxr1.dry_run import dry_run, required_devices
     n = required_devices(cfg.parallel)
-    if n and args.target == "cpu":  # read when JAX first initialises its backends: one CPU device per mesh position
+    if n and args.target == "cpu":
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
-    for noisy in ("absl", "jax._src.xla_bridge"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     report = dry_run(cfg, target=args.target)
     return 0 if report["fits"] else 3
 
 
 # ----------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    from jaxr1.errors import run_cli
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return run_cli(lambda: _dry_run(args) if args.dry_run else train(args), "jaxr1.train")
 
 
 def train(args) -> int:
-    for noisy in ("absl", "jax._src.xla_bridge"):   # orbax's per-save chatter, the TPU probe on CPU hosts
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import jax
-    import yaml
-
-    from jaxr1.assets import DEFAULT_CONFIG
-    from jaxr1.config import load_config, to_dict
     cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
-    from jaxr1.parallel.distributed import gather_json, gather_prompt_batch, initialize_from_env, to_host
     initialize_from_env()   # multi-host: before any other JAX call; a no-op for one process
-    is_main = jax.process_index() == 0
-    t_start = time.time()
-    from jaxr1.parallel import check_batch_layout, make_mesh
-    mesh = make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor)
-    layout = check_batch_layout(cfg.data, cfg.rl, mesh.shape, jax.process_count())   # before any slow set-up
-    wb = cfg.logging.wandb
-    wandb_opts = None
-    if wb.project and wb.mode != "disabled":
-        # The resolved config (what config.yaml holds) becomes the wandb run config.
-        wandb_opts = {"project": wb.project, "entity": wb.entity, "name": wb.name, "mode": wb.mode,
-                      "config": to_dict(cfg)}
-        if is_main:
-            from jaxr1.runlog import require_wandb
-            require_wandb()   # a missing wandb fails now, not after the model load
+    is_main, t_start = jax.process_index() == 0, time.time()
+    wandb_opts = wandb_options(cfg.logging.wandb, to_dict(cfg), check=is_main)
 
     # --- run directory: whose run it holds decides whether (and from where) this one resumes
-    from jaxr1.loading import RUN_MODEL_FILES, train_checkpoint_steps
-    from jaxr1.run_dir import plan_resume, trim_logs
     run_dir = os.path.abspath(cfg.output_dir)
-    resume_step = plan_resume(run_dir, to_dict(cfg), cfg.resume, train_checkpoint_steps(run_dir), archive=is_main)
+    resume_step = plan_resume(run_dir, to_dict(cfg), cfg.resume, checkpoint_steps(run_dir), archive=is_main)
     if jax.process_count() > 1:   # process 0 may have moved an old run aside (resume=never)
-        from jax.experimental import multihost_utils
+        from jax.experimental import multihost_utils   # multi-host only: not imported on one process
         multihost_utils.sync_global_devices("jaxr1.run_dir")
-    os.makedirs(run_dir, exist_ok=True)
 
-    # --- model
-    from jaxr1.eval import evaluate
-    from jaxr1.loading import build_eval_batches, eos_ids, load_policy, processor_dir, reward_specs
-    from jaxr1.rl.learner import Learner
-    model, tokenizer, image_processor, model_dir = load_policy(cfg.model, cfg.data)
-    log.info("model %s (%s params)", model_dir, f"{sum(x.size for x in jax.tree.leaves(model)):,}")
-    if cfg.lora.rank:
-        from jaxr1.models.lora import add_lora, adapter_state
-        model = add_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha, target=cfg.lora.target, seed=cfg.seed)
-        adapters = jax.tree.leaves(adapter_state(model))
-        log.info("LoRA rank %d on %d kernels: %s trainable params", cfg.lora.rank, len(adapters) // 2,
-                 f"{sum(x.size for x in adapters):,}")
-    if is_main:
-        from jaxr1.checkpointing import save_model_files
-        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-        # What checkpoints/STEP needs beside it to be evaluated or exported on its own.
-        save_model_files(model.config, cfg.model.param_dtype, processor_dir(model_dir),
-                         os.path.join(run_dir, RUN_MODEL_FILES))
-    from jaxr1.parallel.rules import check_heads
-    check_heads(model.config, mesh)
-    log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
-    learner = Learner(model, cfg.rl, cfg.optim, cfg.steps, compute_dtype=cfg.model.compute_dtype,
-                      remat=cfg.model.remat, freeze_vision=cfg.model.freeze_vision, mesh=mesh)
-    state = learner.init(model)
-    del model
+    # --- model: mesh, layout check, model, LoRA, attention kernel, learner (what the dry run compiles)
+    s, state = set_up(cfg, hosts=jax.process_count())
+    learner, tokenizer, image_processor = s.learner, s.tokenizer, s.image_processor
     # The KL reference (a copy of the initial weights; with LoRA the base itself); never built when beta=0.
     ref_params = learner.reference_params(state) if cfg.rl.beta > 0 else None
-    eos = eos_ids(tokenizer)
 
     # --- data
-    from jaxr1.data import build_dataset
-    from jaxr1.models.inputs import max_patches
     dataset = build_dataset(cfg.data, tokenizer, image_processor, process_index=jax.process_index(),
                             process_count=jax.process_count())
-    data_iter = iter(dataset)
-    next_batch = lambda: gather_prompt_batch(next(data_iter))   # every host's prompts: the global batch
     eval_batches = build_eval_batches(cfg, tokenizer, image_processor)
 
-    # --- rewards
-    from jaxr1.rewards import RewardScorer
+    # --- rewards (held-out accuracy is always the verifier's, whatever the training rewards are)
     scorer = RewardScorer(reward_specs(cfg.rewards), num_workers=cfg.rewards.num_workers,
                           timeout_s=cfg.rewards.timeout_s)
-    names = [r.name for r in cfg.rewards.functions]
-    # Held-out accuracy is always the verifier's, whatever the training rewards are.
     eval_scorer = RewardScorer(reward_specs(cfg.rewards, only=("accuracy",)), num_workers=cfg.rewards.num_workers,
                                timeout_s=cfg.rewards.timeout_s) if eval_batches else None
 
-    def run_eval(tag: str) -> dict:
-        if not eval_batches:
-            return {}
-        t = time.time()
-        with jax.set_mesh(mesh):   # ambient while tracing: a Pallas attention kernel shard_maps over it
-            m = evaluate(learner.model(state.params, cfg.model.compute_dtype), eval_batches, tokenizer,
-                         eos_token_ids=eos, max_new_tokens=cfg.eval.max_new_tokens,
-                         num_samples=cfg.eval.num_samples, temperature=cfg.eval.temperature, scorer=eval_scorer,
-                         out_path=os.path.join(run_dir, f"eval_{tag}.jsonl") if is_main else None)
-        log.info("eval %s: accuracy %.3f on %d held-out rows (%.0fs)", tag, m["accuracy"], m["num_rows"],
-                 time.time() - t)
-        return m
-
-    # --- resume: the planned checkpoint (the newest restorable one unless resume=STEP)
-    from jaxr1.checkpointing import TrainCheckpointer
-    from jaxr1.runlog import RunLog
-    ckpt = TrainCheckpointer(run_dir, keep=cfg.keep_checkpoints)
-    start_step, before = 1, {}
-    restored = None
-    if resume_step is not None:
-        restored = (ckpt.restore_latest(state) if cfg.resume in ("auto", "force") else ckpt.restore(resume_step, state))
-    if restored is not None:
-        last, state, meta = restored
-        if int(state.step) != last:
-            raise RuntimeError(f"checkpoint step {last} holds a learner state of step {int(state.step)}")
-        data_iter.set_state(meta["data"][jax.process_index()])
-        before, start_step = meta.get("eval_before", {}), last + 1
-        if is_main:
-            ckpt.delete_after(last)   # a later branch of this run (resume=STEP) is replaced by this one
-        log.info("resumed from %s step %d", ckpt.directory, last)
-    dropped = trim_logs(run_dir, start_step - 1 if restored is not None else -1) if is_main else 0
-    if dropped:
-        log.info("dropped %d log rows of steps after %d (they run again)", dropped, start_step - 1)
-    runlog = RunLog(run_dir, is_main, first_step=start_step if restored is not None else 0, wandb=wandb_opts)
-    if restored is None:
-        before = run_eval("before")
-        if before:
-            runlog.scalars(0, {f"eval/{k}": x for k, x in before.items()})
-
-    def save(step: int, force: bool = False) -> None:
-        ckpt.save(step, state, {"step": step, "data": gather_json(data_iter.get_state()), "eval_before": before},
-                  force=force)
-
-    # Preemption (SIGTERM from a scheduler, Ctrl-C): finish the step, save, exit 0; the same command resumes.
-    import signal
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        if stop["signal"] is not None:   # a second Ctrl-C: the user does not want to wait for the save
-            log.warning("signal %d again: aborting without saving", signum)
-            os._exit(130)
-        stop["signal"] = signum
-        log.warning("signal %d: saving at the end of this step, then exiting (again to abort)", signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    # --- resume: the planned checkpoint, else the held-out accuracy before training
+    os.makedirs(run_dir, exist_ok=True)
+    run = Run(cfg, run_dir, s, data_iter=iter(dataset), eval_batches=eval_batches, scorer=scorer,
+              eval_scorer=eval_scorer, eos=eos_ids(tokenizer), is_main=is_main)
+    run.write_files(to_dict(cfg))
+    state, start_step = run.resume(state, resume_step, wandb_opts)
+    run.catch_signals()
 
     # --- train loop
-    from tqdm import tqdm
-
-    from jaxr1.rl.rollout import sampler_rollout
-    from jaxr1.rl.step import StepContext, grpo_step
-    rollout = sampler_rollout(learner, cfg.rl, tokenizer=tokenizer, eos_token_ids=eos,
-                              compute_dtype=cfg.model.compute_dtype, mesh=mesh)
-    ctx = StepContext(cfg, learner, rollout, scorer, next_batch=next_batch, mesh=mesh,
-                      micro_batches=layout.micro_batches, patches_per_slot=max_patches(image_processor),
+    rollout = sampler_rollout(learner, cfg.rl, tokenizer=tokenizer, eos_token_ids=run.eos,
+                              compute_dtype=cfg.model.compute_dtype, mesh=s.mesh)
+    ctx = StepContext(cfg, learner, rollout, scorer, next_batch=run.next_batch, mesh=s.mesh,
+                      micro_batches=s.layout.micro_batches, patches_per_slot=max_patches(image_processor),
                       ref_params=ref_params)
     bar = tqdm(range(start_step, cfg.steps + 1), desc="grpo", disable=not is_main, dynamic_ncols=True,
                initial=start_step - 1, total=cfg.steps)
     for step in bar:
-        with jax.set_mesh(mesh):   # ambient while tracing: a Pallas attention kernel shard_maps over it
-            state, metrics, record = grpo_step(state, next_batch(), ctx)
-        metrics.update(data_iter.metrics())
-        if step % cfg.log_every == 0:
-            runlog.scalars(step, metrics)
-        if cfg.sample_every and step % cfg.sample_every == 0:
-            runlog.sample_rows(step, sample_rows(record, tokenizer, cfg.rl.num_generations, names))
-        shown = {"reward": f"{metrics['reward/total_mean']:.3f}", "len": f"{metrics['completion/length_mean']:.0f}"}
-        if "accuracy" in metrics:   # only when an accuracy reward is configured
-            shown["acc"] = f"{metrics['accuracy']:.2f}"
-        bar.set_postfix(shown)
+        with jax.set_mesh(s.mesh):   # ambient while tracing: a Pallas attention kernel shard_maps over it
+            state, metrics, record = grpo_step(state, run.next_batch(), ctx)
+        metrics.update(run.data_iter.metrics())
+        run.log_step(step, metrics, record)
+        bar.set_postfix(progress(metrics))
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.steps:
-            runlog.scalars(step, {f"eval/{k}": x for k, x in run_eval(f"step{step}").items()})
-        if stop["signal"] is not None or ckpt.reached_preemption(step):
-            save(step, force=True)
-            ckpt.close()
-            for sc in (scorer, eval_scorer):
-                sc and sc.close()
-            runlog.close()
-            log.warning("preempted: saved step %d to %s; rerun the same command to resume", step, ckpt.directory)
+            run.evaluate(state, f"step{step}", step)
+        if run.stopping(step):
+            run.save(step, state, force=True)
+            run.close()
+            log.warning("preempted: saved step %d to %s; rerun the same command to resume", step, run.ckpt.directory)
             return 0
         if cfg.save_every and step % cfg.save_every == 0:
-            save(step)
+            run.save(step, state)
 
     # --- evaluate, save, export
-    if start_step <= cfg.steps and ckpt.manager.latest_step() != cfg.steps:
-        save(cfg.steps, force=True)
-    ckpt.close()
-    after = run_eval("after")
-    if after:
-        runlog.scalars(cfg.steps, {f"eval/{k}": x for k, x in after.items()})
-    for sc in (scorer, eval_scorer):
-        sc and sc.close()
-    runlog.close()
-    # Every process joins the (collective) saves; only process 0 writes files that are not orbax's.
-    from jaxr1.checkpointing import save_model
-    from jaxr1.models import save_hf
-    final = learner.export_model(state.params)   # LoRA: adapters merged in the master dtype
-    save_model(final, os.path.join(run_dir, "checkpoint"), source_dir=model_dir, primary=is_main)
-    if cfg.export_hf:
-        from flax import nnx
-        graphdef, params = nnx.split(final, nnx.Param)
-        host = jax.tree.map(to_host, params)      # gathers shards from every host
-        adapter = jax.tree.map(to_host, state.params) if learner.lora else None
-        if is_main:
-            save_hf(nnx.merge(graphdef, host), os.path.join(run_dir, "hf"), source_dir=model_dir)
-            if adapter is not None:   # the adapter alone, for peft.PeftModel.from_pretrained(base, RUN/adapter)
-                from jaxr1.models.peft import save_peft_adapter
-                save_peft_adapter(learner.model(adapter), os.path.join(run_dir, "adapter"), base_model=model_dir)
+    if start_step <= cfg.steps and run.ckpt.manager.latest_step() != cfg.steps:
+        run.save(cfg.steps, state, force=True)
+    after = run.evaluate(state, "after", cfg.steps)
+    run.close()
+    run.export(state)
     print(f"run directory: {run_dir} ({time.time() - t_start:.0f}s)")
-    if before and after:
-        print(f"held-out accuracy: before {before['accuracy']:.2f} after {after['accuracy']:.2f}")
+    if run.before and after:
+        print(f"held-out accuracy: before {run.before['accuracy']:.2f} after {after['accuracy']:.2f}")
     return 0
+
+
+def progress(metrics: dict) -> dict:
+    """The progress bar's figures."""
+    shown = {"reward": f"{metrics['reward/total_mean']:.3f}", "len": f"{metrics['completion/length_mean']:.0f}"}
+    if "accuracy" in metrics:   # only when an accuracy reward is configured
+        shown["acc"] = f"{metrics['accuracy']:.2f}"
+    return shown
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ def _jaxr1_worker(conn, overrides: list[str], lengths: list[np.ndarray]):
         return state, metrics, record
 
     step_mod.grpo_step, rollout_mod.sampler_rollout = gated_step, forced_rollout
+    train.grpo_step, train.sampler_rollout = gated_step, forced_rollout   # train.py imports them by name
     conn.send("ready")
     rc = train.main(overrides)
     conn.send(dict(done=rc))

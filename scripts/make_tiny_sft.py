@@ -50,7 +50,8 @@ def main() -> None:
 
     from jaxr1.config import load_config
     from jaxr1.eval import evaluate
-    from jaxr1.loading import build_eval_batches, eos_ids, load_policy
+    from jaxr1.data.text import eos_ids
+    from jaxr1.loading import build_eval_batches, load_policy
     from jaxr1.models.qwen2_5_vl import save_hf
     from jaxr1.sft import run_sft
     # The embedded default's data settings (prompt, scenes, held-out split), so SFT sees the prompts RL will.

@@ -19,6 +19,7 @@ from jaxr1.rewards.registry import (
     get_reward_function,
     parse_reward_specs,
     register,
+    reward_specs,
 )
 from jaxr1.rewards.scorer import RewardResult, RewardScorer
 from jaxr1.rewards.verify import check, verify
@@ -40,5 +41,6 @@ __all__ = [
     "overlong_reward",
     "parse_reward_specs",
     "register",
+    "reward_specs",
     "verify",
 ]

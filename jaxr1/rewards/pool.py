@@ -39,7 +39,9 @@ def _worker_main(conn) -> None:
     # Ctrl-C belongs to the parent; it closes the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        import jaxr1.rewards  # noqa: F401 - pay the sympy import before announcing readiness
+        # The verifier's heavy import, paid before announcing readiness (not `import jaxr1.rewards`: the package
+        # imports this module; spawn has imported it already to find this function).
+        import sympy  # noqa: F401
     except BaseException as e:  # noqa: BLE001 - the parent reports the cause instead of "failed to start"
         conn.send(("failed", f"{type(e).__name__}: {str(e)[:300]}"))
         return

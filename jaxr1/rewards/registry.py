@@ -119,3 +119,13 @@ def parse_reward_specs(config: Any) -> list[RewardSpec]:
     for name, _, _ in specs:
         get_reward_function(name)
     return specs
+
+
+def reward_specs(rewards_cfg, only: tuple[str, ...] | None = None) -> list[RewardSpec]:
+    """(name, weight, kwargs) for the scorer from the config's `rewards`; the verifier's numeric policy goes to
+    `accuracy` and `mcq` unless their kwargs set their own. `only=("accuracy",)` gives held-out accuracy
+    (always the verifier's, weight 1)."""
+    specs = [(r.name, r.weight, dict(r.kwargs)) for r in rewards_cfg.functions] if only is None else \
+        [(name, 1.0, {}) for name in only]
+    policy = {"numeric_match": rewards_cfg.numeric_match, "min_sig_digits": rewards_cfg.min_sig_digits}
+    return [(n, w, {**policy, **kw} if n in ("accuracy", "mcq") else kw) for n, w, kw in specs]

@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from jaxr1.loading import decode_completions
+from jaxr1.data.text import decode_completions
 from jaxr1.parallel.distributed import to_host
 from jaxr1.sampling import generate
 

@@ -17,9 +17,16 @@ import numpy as np
 
 from jaxr1.data.processing import PromptBatch
 from jaxr1.models.inputs import model_inputs
+from jaxr1.parallel import shard_batch
+from jaxr1.parallel.distributed import to_host
+from jaxr1.rl.advantages import advantage_options, compute_advantages, zero_variance_groups
 from jaxr1.rl.learner import Learner, LearnerState, MicroBatch
+from jaxr1.rl.losses import compute_loss_normalizer
 from jaxr1.rl.pack import choose_layout, key_cost, pack
 from jaxr1.rl.rollout import Rollout, RolloutFn
+from jaxr1.rl.trim import trimmed_length
+from jaxr1.sampling import STOP_LENGTH
+from jaxr1.sampling.layout import batch_shards
 
 # Sampler seeds: round 0 is the step's rollout, rounds 1.. its DAPO refills. jax.random.key keeps 32 bits of
 # an int seed, so rounds are spaced 2^24 apart: every (step, round) of a run has its own seed while
@@ -83,7 +90,6 @@ def refill_groups(rollout: RolloutFn, params, batch, roll: Rollout, *, seed_of_r
     from further batches (at most `max_rounds`); groups still missing after that are kept (their advantage is
     0). score(batch, roll) -> RewardResult is called once per sampled batch and its rows are reused.
     Returns (batch, rollout, rewards, number of dropped groups)."""
-    from jaxr1.rl.advantages import zero_variance_groups
     G = group_size
 
     def informative(b, result):
@@ -116,8 +122,6 @@ def _micro_batches(ctx: StepContext, state: LearnerState, batch, roll: Rollout, 
     """Prompt micro-batches on completions cut to the step's longest (bucketed; with rl.pack_completions
     packed into shared rows, see jaxr1.rl.pack), with old (rl.num_iterations > 1; else the first update's
     own forward gives them) and reference log-probs, dispatched asynchronously."""
-    from jaxr1.parallel import shard_batch
-    from jaxr1.rl.trim import trimmed_length
     rl, learner = ctx.cfg.rl, ctx.learner
     Tc = rl.max_completion_length
     lengths = np.where(valid_rows, roll.lengths, 0)
@@ -158,7 +162,6 @@ def _packing(ctx: StepContext, lengths: np.ndarray, per: int, trimmed: int, prom
     rl = ctx.cfg.rl
     if not (rl.pack_completions and rl.shared_prompt) or len(lengths) * trimmed < MIN_PACK_SLOTS:
         return None
-    from jaxr1.sampling.layout import batch_shards
     chunks = [lengths[i:i + per] for i in range(0, len(lengths), per)]
     shards = 1 if ctx.mesh is None else batch_shards(ctx.mesh)
     return choose_layout(chunks, rl.num_generations, max(int(lengths.max()), 1), rl.max_completion_length, shards,
@@ -170,10 +173,6 @@ def grpo_step(state: LearnerState, batch, ctx: StepContext) -> tuple[LearnerStat
     """One GRPO step on the global PromptBatch `batch`: step number int(state.step) + 1. `state`'s buffers are
     donated to the update (use the returned state); `batch` is not changed. Returns the new state, the scalars
     the trainer logs, and the rows trained on."""
-    from jaxr1.parallel.distributed import to_host
-    from jaxr1.rl.advantages import advantage_options, compute_advantages
-    from jaxr1.rl.losses import compute_loss_normalizer
-    from jaxr1.sampling import STOP_LENGTH
     cfg, learner = ctx.cfg, ctx.learner
     rl = cfg.rl
     G, Tc = rl.num_generations, rl.max_completion_length
@@ -219,7 +218,19 @@ def grpo_step(state: LearnerState, batch, ctx: StepContext) -> tuple[LearnerStat
     state = dataclasses.replace(state, step=state.step + 1)
     t_train = time.time() - t2
 
-    # --- metrics
+    times = {"time/sample_s": t_sample, "time/reward_s": t_reward, "time/train_s": t_train}
+    metrics = step_metrics(cfg, roll, rewards, total, valid_rows, mask, Tt, mbs, old, adv_stats, train_metrics,
+                           dropped_groups=dropped_groups, lr=float(learner.schedule(step - 1)), times=times,
+                           started=t0)
+    return state, metrics, StepRecord(batch, roll, rewards)
+
+
+def step_metrics(cfg, roll: Rollout, rewards, total: np.ndarray, valid_rows: np.ndarray, mask: np.ndarray,
+                 Tt: int, mbs, old: list, adv_stats: dict, train_metrics: dict, *, dropped_groups: int, lr: float,
+                 times: dict, started: float) -> dict:
+    """The scalars the trainer logs for one step (over the valid rows): rewards, completion lengths, how full
+    the training forward is, the sampler-trainer log-prob gap (`old`: the first update's log-probs), timings
+    (time/step_s since `started`, once the gap has waited for the update)."""
     gap = np.abs(np.concatenate([to_host(x) for x in old]) - roll.logprobs[:, :Tt])[mask > 0]
     v, lengths = valid_rows, roll.lengths
     names = [r.name for r in cfg.rewards.functions]
@@ -236,10 +247,9 @@ def grpo_step(state: LearnerState, batch, ctx: StepContext) -> tuple[LearnerStat
         "rl/zero_std_frac": float(adv_stats.get("zero_std_frac", 0.0)),
         "rl/sampler_trainer_logprob_gap": float(gap.mean()) if gap.size else 0.0,
         "rl/sampler_trainer_logprob_gap_max": float(gap.max()) if gap.size else 0.0,
-        "optim/lr": float(learner.schedule(step - 1)),
-        "time/sample_s": t_sample, "time/reward_s": t_reward, "time/train_s": t_train,
-        "time/step_s": time.time() - t0,
-        "throughput/tokens_per_s": float(lengths[v].sum()) / max(t_sample, 1e-9),
+        "optim/lr": lr,
+        **times, "time/step_s": time.time() - started,
+        "throughput/tokens_per_s": float(lengths[v].sum()) / max(times["time/sample_s"], 1e-9),
         **{f"reward_stats/{k}": float(x) for k, x in rewards.stats.items() if np.isscalar(x)},
         **{f"train/{k}": float(x) for k, x in train_metrics.items()},
     })
@@ -247,4 +257,4 @@ def grpo_step(state: LearnerState, batch, ctx: StepContext) -> tuple[LearnerStat
         metrics["accuracy"] = metrics["reward/accuracy"]
     if "format" in rewards.per_function:
         metrics["format_rate"] = metrics["reward/format"]
-    return state, metrics, StepRecord(batch, roll, rewards)
+    return metrics

@@ -83,7 +83,8 @@ def test_lora_sampler_matches_the_update_and_beta_trains(setup):
     """A real rollout (the sampler on the adapted policy) and rl.beta > 0: the first update's log-probs equal
     the sampler's, and the KL term is 0 at step 1 (policy = reference) and positive after."""
     from jaxr1.config import load_config
-    from jaxr1.loading import eos_ids, load_policy
+    from jaxr1.data.text import eos_ids
+    from jaxr1.loading import load_policy
     from jaxr1.rl.rollout import sampler_rollout
     from jaxr1.rl.step import grpo_step
     cfg, model, adapted, batches = setup

@@ -28,7 +28,7 @@ def test_eval_cli_matches_independent_accuracy(tmp_path, capsys):
     from jaxr1.config import load_config
     from jaxr1.data import write_synthetic_dataset
     from jaxr1.eval import main
-    from jaxr1.loading import eos_ids
+    from jaxr1.data.text import eos_ids
     from jaxr1.loading import build_eval_batches, load_policy
     data = write_synthetic_dataset(str(tmp_path / "data"), 8, seed=7)
     out = tmp_path / "answers.jsonl"

@@ -5,7 +5,8 @@ import shutil
 import pytest
 
 from jaxr1.assets import TINY_MODEL_DIR
-from jaxr1.loading import ModelPathError, resolve_model_dir, run_dir_of
+from jaxr1.loading import ModelPathError, resolve_model_dir
+from jaxr1.run_dir import run_dir_of
 
 
 def populate_hf_cache(cache, repo_id, src_dir, commit="0123456789abcdef0123456789abcdef01234567"):
