@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+from jaxr1 import compile_cache
 from jaxr1 import run_dir
 from jaxr1.data.text import decode_completions, eos_ids
 from jaxr1.rewards import RewardScorer, reward_specs
@@ -84,6 +85,7 @@ def _eval(args) -> int:
     base = os.path.join(run, run_dir.CONFIG) if run else None
     overrides = [f"model.path={args.model}", *([f"data.path={args.data}", "data.eval_path=null"] if args.data else [])]
     cfg = load_config(base, [*overrides, *args.overrides])
+    compile_cache.enable(cfg.compilation_cache)
     data_cfg = cfg.data if args.data else cfg.data.for_eval()
     if data_cfg is None:
         raise UserError(f"no held-out data: {'the run ' + run + ' has no eval split' if run else 'no run config'}"

@@ -30,7 +30,7 @@ ADAPTER = "adapter"             # a LoRA run's adapter alone, as PEFT saves it (
 
 # Keys a resumed run may change: lengths of the run, logging/saving cadence, evaluation, workers, layout of
 # the computation over devices. Everything else must match the run being continued.
-MAY_DIFFER = ("steps", "resume", "output_dir", "log_every", "sample_every", "save_every", "keep_checkpoints",
+MAY_DIFFER = ("steps", "resume", "output_dir", "compilation_cache", "log_every", "sample_every", "save_every", "keep_checkpoints",
               "export_hf", "eval.", "logging.", "rewards.num_workers", "rewards.timeout_s", "parallel.",
               "model.remat", "model.attention", "rl.logprob_chunk", "rl.micro_batch_prompts", "rl.trim_completions",
               "rl.pack_completions", "rl.pack_prompts_per_row", "rl.compact_finished_rows", "data.num_threads", "data.prefetch",

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxr1 import compile_cache
 from jaxr1.rl.policy import completion_logprobs
 
 log = logging.getLogger("jaxr1.sft")
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxr1.models import save_hf
     from jaxr1.loading import load_policy
     cfg = load_config(args.config, args.overrides)
+    compile_cache.enable(cfg.compilation_cache)
     model, tokenizer, image_processor, model_dir = load_policy(cfg.model)
     data_cfg = dataclasses.replace(cfg.data, batch_size=cfg.sft.batch_size)
     model, _ = run_sft(model, tokenizer, image_processor, data_cfg, steps=cfg.sft.steps, lr=cfg.sft.lr,

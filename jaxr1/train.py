@@ -19,6 +19,7 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname
 import jax  # noqa: E402 - after the logging set-up above
 from tqdm import tqdm  # noqa: E402
 
+from jaxr1 import compile_cache
 from jaxr1.assets import DEFAULT_CONFIG
 from jaxr1.config import load_config, to_dict
 from jaxr1.data import build_dataset
@@ -27,8 +28,8 @@ from jaxr1.dry_run import dry_run, required_devices
 from jaxr1.errors import run_cli
 from jaxr1.loading import build_eval_batches
 from jaxr1.parallel.distributed import initialize_from_env
-from jaxr1.rewards import RewardScorer, reward_specs
 from jaxr1.models.inputs import max_patches
+from jaxr1.rewards import RewardScorer, reward_specs
 from jaxr1.rl.rollout import sampler_rollout
 from jaxr1.rl.step import StepContext, grpo_step
 from jaxr1.run import Run
@@ -64,6 +65,7 @@ def _dry_run(args) -> int:
     n = required_devices(cfg.parallel)
     if n and args.target == "cpu":
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+    compile_cache.enable(cfg.compilation_cache)   # the cpu programs; a target's are never written
     report = dry_run(cfg, target=args.target)
     return 0 if report["fits"] else 3
 
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(args) -> int:
     cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     initialize_from_env()   # multi-host: before any other JAX call; a no-op for one process
+    compile_cache.enable(cfg.compilation_cache)
     is_main, t_start = jax.process_index() == 0, time.time()
     wandb_opts = wandb_options(cfg.logging.wandb, to_dict(cfg), check=is_main)
 
@@ -144,6 +147,7 @@ def train(args) -> int:
     after = run.evaluate(state, "after", cfg.steps)
     run.close()
     run.export(state)
+    log.info(compile_cache.summary())
     print(f"run directory: {run_dir} ({time.time() - t_start:.0f}s)")
     if run.before and after:
         print(f"held-out accuracy: before {run.before['accuracy']:.2f} after {after['accuracy']:.2f}")
