@@ -13,10 +13,12 @@ import typing
 from typing import Any
 
 from jaxr1.data.config import DataConfig
-from jaxr1.models.lora import DEFAULT_TARGET as LORA_TARGET
 from jaxr1.errors import UserError
+from jaxr1.models.lora import DEFAULT_TARGET as LORA_TARGET
 
 import yaml
+from jaxr1.rl.advantages import ADVANTAGE_ESTIMATORS, SCALE_REWARDS
+from jaxr1.rl.losses import AGGREGATIONS, KL_ESTIMATORS
 
 
 @dataclasses.dataclass
@@ -267,8 +269,6 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
 
 def validate(cfg: Config) -> None:
     # rl.* names are checked against the registries that run them: a new estimator needs no edit here.
-    from jaxr1.rl.advantages import ADVANTAGE_ESTIMATORS, SCALE_REWARDS
-    from jaxr1.rl.losses import AGGREGATIONS, KL_ESTIMATORS
     choices = {
         "rl.algorithm": (cfg.rl.algorithm, tuple(ADVANTAGE_ESTIMATORS)),
         "rl.scale_rewards": (cfg.rl.scale_rewards, SCALE_REWARDS),

@@ -11,6 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from jaxr1.checkpointing import save_model
+from jaxr1.errors import UserError
+from jaxr1.errors import run_cli
+from jaxr1.loading import load_checkpoint, resolve_model_dir
+from jaxr1.loading import load_model_dir
+from jaxr1.models import load_hf, save_hf
+from jaxr1.models.lora import merge_adapters
+from jaxr1.models.peft import is_adapter_dir, load_peft_adapter
+from jaxr1.run_dir import processor_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,15 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
     jax.config.update("jax_platforms", jax.config.jax_platforms or "cpu")  # conversion needs no accelerator
-    from jaxr1.errors import run_cli
     return run_cli(lambda: _convert(args), "jaxr1.convert")
 
 
 def _convert(args) -> int:
-    from jaxr1.checkpointing import save_model
-    from jaxr1.loading import load_checkpoint, resolve_model_dir
-    from jaxr1.run_dir import processor_dir
-    from jaxr1.models import load_hf, save_hf
 
     t0 = time.time()
     src = resolve_model_dir(args.src)
@@ -51,10 +55,6 @@ def _convert(args) -> int:
         model = load_hf(src, dtype=args.dtype)
         save_model(model, args.out, source_dir=src)
     elif args.cmd == "merge-lora":
-        from jaxr1.errors import UserError
-        from jaxr1.loading import load_model_dir
-        from jaxr1.models.lora import merge_adapters
-        from jaxr1.models.peft import is_adapter_dir, load_peft_adapter
         if not is_adapter_dir(args.adapter):
             raise UserError(f"{args.adapter}: not a PEFT adapter directory (no adapter_config.json)")
         # W + s A B is formed in float32 and cast to the kernel's dtype (the same as merging a float32 copy).

@@ -152,7 +152,7 @@ def step_shapes(cfg, s, mcfg, hosts: int) -> Shapes:
     normalizer = compute_loss_normalizer(jnp.ones((rows, Tc)), cfg.rl.loss_aggregation)
 
     spec = make_spec(mcfg, max_new_tokens=Tc, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
-                     top_k=cfg.rl.top_k, num_samples=G, eos_token_ids=mcfg.eos_token_id, mesh=s.mesh)
+                     top_k=cfg.rl.top_k, num_generations=G, eos_token_ids=mcfg.eos_token_id, mesh=s.mesh)
     sbatch = prepare_prompts(mcfg, *_prompts(mcfg, b, tp, side, n_img_tokens), pad_token_id=spec.pad_token_id)
     sbatch = jax.tree.map(_abstract, sbatch, prompt_shardings(sbatch, s.mesh))
     # What generate(mesh=) runs on: the weights (with LoRA: base + adapters, applied unmerged) cast to the

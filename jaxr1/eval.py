@@ -18,16 +18,20 @@ import numpy as np
 
 from jaxr1 import compile_cache
 from jaxr1 import run_dir
+from jaxr1.config import load_config
 from jaxr1.data.text import decode_completions, eos_ids
+from jaxr1.errors import UserError
+from jaxr1.errors import run_cli
+from jaxr1.loading import build_eval_batches, load_policy, resolve_model_dir
+from jaxr1.parallel.distributed import to_host
 from jaxr1.rewards import RewardScorer, reward_specs
+from jaxr1.sampling import generate
 
 
 def evaluate(model, batches, tokenizer, *, eos_token_ids, max_new_tokens: int = 64, num_samples: int = 1,
              temperature: float = 0.0, seed: int = 0, scorer: RewardScorer | None = None,
              out_path: str | None = None) -> dict:
     """pass@k accuracy (k = num_samples) over `batches` (PromptBatches); rows written to out_path."""
-    from jaxr1.parallel.distributed import to_host
-    from jaxr1.sampling import generate
     own = scorer is None
     scorer = scorer or RewardScorer([("accuracy", 1.0, {})], num_workers=2, timeout_s=5.0)
     correct, by_group = [], collections.defaultdict(list)
@@ -35,12 +39,12 @@ def evaluate(model, batches, tokenizer, *, eos_token_ids, max_new_tokens: int = 
     try:
         for i, batch in enumerate(batches):
             gen = generate(model, batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw,
-                           max_new_tokens=max_new_tokens, temperature=temperature, num_samples=num_samples,
+                           max_new_tokens=max_new_tokens, temperature=temperature, num_generations=num_samples,
                            eos_token_ids=eos_token_ids, seed=seed + i)
             texts = decode_completions(tokenizer, to_host(gen.tokens), to_host(gen.lengths))
-            examples = [ex for ex in batch.examples for _ in range(num_samples)]
+            examples = [ex for ex in batch.reward_inputs for _ in range(num_samples)]
             acc = scorer.score(texts, examples).per_function["accuracy"].reshape(-1, num_samples)
-            for row, ex in enumerate(batch.examples):
+            for row, ex in enumerate(batch.reward_inputs):
                 if not batch.valid[row]:
                     continue
                 ok = bool(acc[row].max() > 0)
@@ -72,14 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="answers JSONL (default: not written, metrics printed only)")
     ap.add_argument("overrides", nargs="*", help="config keys, e.g. eval.num_samples=8 data.system_prompt=none")
     args = ap.parse_args(argv)
-    from jaxr1.errors import run_cli
     return run_cli(lambda: _eval(args), "jaxr1.eval")
 
 
 def _eval(args) -> int:
-    from jaxr1.config import load_config
-    from jaxr1.errors import UserError
-    from jaxr1.loading import build_eval_batches, load_policy, resolve_model_dir
     # A model from a run is evaluated with that run's prompt, template, data and verifier settings.
     run = run_dir.run_dir_of(resolve_model_dir(args.model))
     base = os.path.join(run, run_dir.CONFIG) if run else None

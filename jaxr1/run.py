@@ -138,12 +138,12 @@ class Run:
                 save_peft_adapter(learner.model(adapter), os.path.join(self.run_dir, ADAPTER), base_model=model_dir)
 
 
-def sample_rows(record, tokenizer, group_size: int, names: list[str]) -> list[dict]:
+def sample_rows(record, tokenizer, num_generations: int, names: list[str]) -> list[dict]:
     """samples.jsonl / wandb rows: each prompt's first completion with its rewards."""
     batch, texts, per_function = record.batch, record.rollout.texts, record.rewards.per_function
     rows = []
-    for i in range(0, len(texts), group_size):
-        p, ex = i // group_size, record.batch.examples[i // group_size]
+    for i in range(0, len(texts), num_generations):
+        p, ex = i // num_generations, record.batch.reward_inputs[i // num_generations]
         rows.append({"prompt": tokenizer.decode(batch.input_ids[p][batch.attention_mask[p] > 0]),
                      "images": ex.get("source"), "row": ex.get("row"), "answer": ex.get("answer"),
                      "completion": texts[i], **{k: float(per_function[k][i]) for k in names}})

@@ -14,7 +14,7 @@ from jaxr1.loading import load_policy
 from jaxr1.models import build, set_attention
 from jaxr1.models.lora import adapter_state, add_lora
 from jaxr1.parallel import check_batch_layout, make_mesh
-from jaxr1.parallel.layout import BatchLayout
+from jaxr1.parallel.layout import MicroBatchPlan
 from jaxr1.parallel.rules import check_heads
 from jaxr1.rl.learner import Learner, LearnerState
 
@@ -24,7 +24,7 @@ log = logging.getLogger("jaxr1.setup")
 @dataclasses.dataclass
 class Setup:
     mesh: jax.sharding.Mesh
-    layout: BatchLayout
+    layout: MicroBatchPlan
     learner: Learner
     attention: dict                       # the kernels set_attention chose: {"text", "vision", "decode"}
     abstract_model: Any = None            # the dry run's model (train's own is dropped: the state holds it)

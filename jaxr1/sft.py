@@ -20,6 +20,13 @@ import optax
 from flax import nnx
 
 from jaxr1 import compile_cache
+from jaxr1.config import load_config
+from jaxr1.data import build_dataset
+from jaxr1.data.text import eos_ids
+from jaxr1.loading import load_policy
+from jaxr1.models import save_hf
+from jaxr1.models.inputs import max_patches, model_inputs
+from jaxr1.rewards import extract_answer
 from jaxr1.rl.policy import completion_logprobs
 
 log = logging.getLogger("jaxr1.sft")
@@ -38,7 +45,6 @@ def encode_targets(tokenizer, texts: list[str], length: int, eos_id: int):
 
 def target_ids(tokenizer, examples: list[dict], template: str, length: int, eos_id: int):
     """encode_targets of the template filled with each row's gold answer (unwrapped from its tags)."""
-    from jaxr1.rewards import extract_answer
     answers = [extract_answer(str(ex["answer"])) or str(ex["answer"]) for ex in examples]
     return encode_targets(tokenizer, [template.format(answer=a.strip()) for a in answers], length, eos_id)
 
@@ -77,9 +83,6 @@ def run_sft(model, tokenizer, image_processor, data_cfg, *, steps: int, lr: floa
     schedule_steps (default: steps) is the length of the warmup-cosine schedule; stopping before its end leaves
     a partly trained model.
     """
-    from jaxr1.data import build_dataset
-    from jaxr1.data.text import eos_ids
-    from jaxr1.models.inputs import max_patches, model_inputs
     if (template is None) == (targets is None):
         raise ValueError("run_sft needs exactly one of template and targets")
     trainer = SFTTrainer(model, lr, schedule_steps or steps)
@@ -92,7 +95,7 @@ def run_sft(model, tokenizer, image_processor, data_cfg, *, steps: int, lr: floa
     for step in range(1, steps + 1):
         batch = next(it)
         inputs, deltas = model_inputs(model.config, batch, patches_per_slot=patches)
-        tokens, mask = targets(batch.examples, length=max_target_length, eos_id=eos)
+        tokens, mask = targets(batch.reward_inputs, length=max_target_length, eos_id=eos)
         mask = mask * batch.valid[:, None]
         trainer.params, trainer.opt_state, loss = trainer.step(trainer.params, trainer.opt_state, inputs, deltas,
                                                                tokens, mask)
@@ -112,9 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import dataclasses
 
-    from jaxr1.config import load_config
-    from jaxr1.models import save_hf
-    from jaxr1.loading import load_policy
     cfg = load_config(args.config, args.overrides)
     compile_cache.enable(cfg.compilation_cache)
     model, tokenizer, image_processor, model_dir = load_policy(cfg.model)

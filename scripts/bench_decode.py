@@ -102,7 +102,7 @@ def main():
           f"{rows} rows; min_window {args.min_window}")
 
     def spec_for(new_tokens, live, eos=()):
-        return make_spec(cfg, max_new_tokens=new_tokens, temperature=1.0, num_samples=args.samples,
+        return make_spec(cfg, max_new_tokens=new_tokens, temperature=1.0, num_generations=args.samples,
                          eos_token_ids=eos, layer_loop=args.layer_loop, live_window=live,
                          min_window=args.min_window)
 

@@ -252,7 +252,7 @@ def run_sampler(args, info) -> dict:
     res["prompt_tokens_mean"] = float(mask.sum(1).mean())
 
     def call(seed):
-        out = generate(model, ids, mask, max_new_tokens=new, num_samples=g, temperature=1.0, eos_token_ids=(),
+        out = generate(model, ids, mask, max_new_tokens=new, num_generations=g, temperature=1.0, eos_token_ids=(),
                        seed=seed, layer_loop=args.layer_loop)
         return block(out)
 
@@ -277,7 +277,7 @@ def run_sampler(args, info) -> dict:
     try:
         from jaxr1.sampling import make_spec, prepare_prompts
         from jaxr1.sampling.sampler import prefill_fn
-        spec = make_spec(cfg, max_new_tokens=new, temperature=1.0, num_samples=g, eos_token_ids=(),
+        spec = make_spec(cfg, max_new_tokens=new, temperature=1.0, num_generations=g, eos_token_ids=(),
                          layer_loop=args.layer_loop)
         batch = prepare_prompts(cfg, ids, mask, pad_token_id=spec.pad_token_id)
         graphdef, params = nnx.split(model)

@@ -172,7 +172,7 @@ def timed_decode(model, batch, lengths, repeats: int) -> dict:
     times = {}
     try:
         for compact in (False, True):
-            run = lambda: generate(model, **batch, max_new_tokens=MAX_LEN, temperature=1.0, num_samples=G,
+            run = lambda: generate(model, **batch, max_new_tokens=MAX_LEN, temperature=1.0, num_generations=G,
                                    eos_token_ids=(), seed=0, compact=compact)
             out = jax.block_until_ready(run())
             np.testing.assert_array_equal(np.asarray(out.lengths), lengths)
@@ -222,7 +222,7 @@ def decode_flops(mcfg, prompt_lengths, tp, lengths, vision, compact: bool = True
     from jaxr1.flops import decoder_flops
     from jaxr1.sampling.sampler import DecodeSpec
     f = decoder_flops(mcfg.text)
-    windows = DecodeSpec(mode=None, num_samples=G, gen_len=MAX_LEN, eos_token_ids=(), pad_token_id=0).windows
+    windows = DecodeSpec(mode=None, num_generations=G, gen_len=MAX_LEN, eos_token_ids=(), pad_token_id=0).windows
     executed = vision + PROMPTS * (tp * f["token"] + f["pair"] * tp * tp + f["logit"])   # XLA prefill: T x T
     executed += sum(steps * r * (f["token"] + f["logit"] + f["pair"] * (tp + w))
                     for w, steps, r in decode_schedule(lengths, windows, compact))

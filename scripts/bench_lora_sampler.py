@@ -56,7 +56,7 @@ def main():
         return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), state))
 
     ids, mask = make_prompts(args.prompts, args.prompt_len, 0)
-    kw = dict(max_new_tokens=args.new_tokens, temperature=0.0, num_samples=args.samples)
+    kw = dict(max_new_tokens=args.new_tokens, temperature=0.0, num_generations=args.samples)
     t = time.perf_counter()
     merged = jax.block_until_ready(lora.merge_adapters(cast(model, args.dtype)))
     merge_s = time.perf_counter() - t

@@ -114,7 +114,7 @@ def jaxr1_worker(conn, cores, save_dir, ids, mask, pv, thw, args):
     model = build_model(model_config(args.preset), args.dtype, args.seed, save_dir)
     cfg = model.config
     spec = make_spec(cfg, max_new_tokens=args.new_tokens, temperature=args.temperature, top_p=args.top_p,
-                     top_k=args.top_k, num_samples=args.samples, eos_token_ids=())
+                     top_k=args.top_k, num_generations=args.samples, eos_token_ids=())
     graphdef, params = nnx.split(model)
 
     def run(seed):

@@ -41,7 +41,7 @@ class PromptBatch:
     attention_mask: np.ndarray            # [B, T] int32
     pixel_values: np.ndarray | None       # [N, patch_dim] float32, all images of the batch, row-major
     image_grid_thw: np.ndarray | None     # [n_images, 3]
-    examples: list[dict]                  # reward examples, one per row
+    reward_inputs: list[dict]             # what the reward functions read per row: answer, choices, source, ...
     valid: np.ndarray                     # [B] bool; False marks filler rows that keep B fixed at the end
     image_counts: np.ndarray              # [B] int32 images per row (to split pixel_values per prompt)
 
@@ -69,7 +69,7 @@ class PromptBatch:
                     pixels.append(self.pixel_values[patch[first[r]]:patch[first[r + 1]]])
         return PromptBatch(self.input_ids[rows], self.attention_mask[rows],
                            np.concatenate(pixels) if pixels else None, np.concatenate(grids) if grids else None,
-                           [self.examples[r] for r in rows], np.asarray(self.valid)[rows], counts[rows].astype(np.int32))
+                           [self.reward_inputs[r] for r in rows], np.asarray(self.valid)[rows], counts[rows].astype(np.int32))
 
     def split(self, n: int) -> list["PromptBatch"]:
         """`n` equal groups of consecutive rows (prompt micro-batches)."""
@@ -90,7 +90,7 @@ class PromptBatch:
             np.concatenate([left(p.attention_mask, 0) for p in parts]),
             np.concatenate([p.pixel_values for p in with_images]) if with_images else None,
             np.concatenate([p.image_grid_thw for p in with_images]) if with_images else None,
-            [e for p in parts for e in p.examples], np.concatenate([np.asarray(p.valid) for p in parts]),
+            [e for p in parts for e in p.reward_inputs], np.concatenate([np.asarray(p.valid) for p in parts]),
             np.concatenate([np.asarray(p.image_counts) for p in parts]))
 
 

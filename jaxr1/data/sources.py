@@ -13,6 +13,7 @@ import os
 from typing import Any, Protocol, Sequence
 
 from jaxr1.data.errors import UNREADABLE, BadRowError, DataError
+from jaxr1.data.synthetic import SyntheticSource
 
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
 
@@ -151,7 +152,6 @@ def open_sources(paths: Sequence[str], fmt: str = "auto", split: str = "train", 
     sources: list[RowSource] = []
     for path in paths:
         if path.startswith("synthetic:"):
-            from jaxr1.data.synthetic import SyntheticSource
 
             sources.append(SyntheticSource.from_path(path, **(synthetic or {})))
         else:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxr1.errors import UserError
+from jaxr1.ops.attention import cudnn_head_dim_ok, resolve_attention, splash_head_dim_ok
 
 # model_type -> (module, model class)
 FAMILIES = {
@@ -86,7 +87,6 @@ def set_attention(model, name: str, *, platform: str | None = None, dtype=None,
     layers, whose slots may hold several frames, run XLA); else XLA. The sampler's decode step keeps its own
     shared-prefix attention (one query per row over the prompt and own caches; no fused kernel serves that
     shape better). Returns {"text": ..., "vision": ..., "decode": "shared_prefix"}."""
-    from jaxr1.ops.attention import cudnn_head_dim_ok, resolve_attention, splash_head_dim_ok
     platform = platform or jax.default_backend()
     dtype = jnp.dtype(dtype or model.dtype)
     cfg = model.config

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jaxr1.errors import UserError
 
 # PEFT's usual "all linear layers of the LLM": attention and MLP projections of every decoder layer.
 DEFAULT_TARGET = r"language_model/layers/(q|k|v|o|gate|up|down)_kernel$"
@@ -109,7 +110,6 @@ def add_lora(model, *, rank: int, alpha: float, target: str = DEFAULT_TARGET, se
     """A copy of `model` (same arrays) with an adapter on every kernel whose path matches `target` (a regex
     searched in paths like language_model/layers/q_kernel). Works under nnx.eval_shape (the dry run).
     dtype: the adapters' (default: each kernel's)."""
-    from jaxr1.errors import UserError
     if rank < 1:
         raise UserError(f"lora.rank={rank}: must be >= 1 (0 turns LoRA off)")
     model = _copy(model)

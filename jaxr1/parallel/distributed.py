@@ -18,6 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxr1.data.processing import PromptBatch
+from jaxr1.parallel.tpu import slice_hosts
 
 log = logging.getLogger("jaxr1.parallel")
 
@@ -36,7 +37,6 @@ def initialize_from_env() -> bool:
     elif int(env.get("SLURM_NTASKS", "1")) > 1:
         pass  # JAX's SLURM detection fills in everything
     else:
-        from jaxr1.parallel.tpu import slice_hosts
         hosts = slice_hosts(env)
         if hosts == 1:
             return False
@@ -86,7 +86,7 @@ def _gather_batches(batch: PromptBatch) -> list[PromptBatch]:
     dim = int(_allgather(np.asarray(batch.pixel_values.shape[1] if has_images else 0)).max())
     grids = _gather_padded(batch.image_grid_thw if has_images else np.zeros((0, 3), np.int64), 0)
     pixels = _gather_padded(batch.pixel_values if has_images else np.zeros((0, dim), np.float32), 0)
-    examples = _gather_objects(batch.examples)
+    examples = _gather_objects(batch.reward_inputs)
     return [PromptBatch(ids[p], mask[p], pixels[p] if len(grids[p]) else None, grids[p] if len(grids[p]) else None,
                         examples[p], valid[p], counts[p]) for p in range(len(ids))]
 

@@ -21,7 +21,7 @@ log = logging.getLogger("jaxr1.parallel")
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchLayout:
+class MicroBatchPlan:
     prompts: int              # global prompts per step (data.batch_size x processes)
     micro_batches: int
     mb_prompts: int           # prompts per micro-batch
@@ -45,7 +45,7 @@ def check_tensor_heads(tensor: int, model_config) -> None:
             raise MeshError(f"parallel.tensor={tensor} does not divide text {name}={n}; use a tensor size dividing {n}")
 
 
-def _suggestions(layout: BatchLayout, g: int, shape: Mapping[str, int], model_config) -> list[str]:
+def _suggestions(layout: MicroBatchPlan, g: int, shape: Mapping[str, int], model_config) -> list[str]:
     out = []
     # More prompts per micro-batch: the smallest count above today's that splits the step and the chips.
     for p in range(layout.mb_prompts + 1, layout.prompts + 1):
@@ -67,7 +67,7 @@ def _suggestions(layout: BatchLayout, g: int, shape: Mapping[str, int], model_co
 
 
 def check_batch_layout(data, rl, mesh_shape: Mapping[str, int], process_count: int = 1,
-                       model_config=None) -> BatchLayout:
+                       model_config=None) -> MicroBatchPlan:
     """Raise MeshError at start unless each micro-batch's rows split over data x fsdp (and, with a model
     config, unless the tensor axis divides its heads). `data` / `rl` are the config sections (batch_size;
     micro_batch_prompts, num_generations); `mesh_shape` maps data/fsdp/tensor to sizes (mesh.shape)."""
@@ -82,7 +82,7 @@ def check_batch_layout(data, rl, mesh_shape: Mapping[str, int], process_count: i
         raise MeshError(f"rl.micro_batch_prompts={rl.micro_batch_prompts} does not split the {prompts} prompts of "
                         f"a step{hosts} into equal micro-batches; use one of {', '.join(fits)}")
     g = rl.num_generations
-    layout = BatchLayout(prompts, prompts // mbp, mbp, mbp * g, shape["data"] * shape["fsdp"])
+    layout = MicroBatchPlan(prompts, prompts // mbp, mbp, mbp * g, shape["data"] * shape["fsdp"])
     if layout.mb_rows % layout.shards:
         fix = _suggestions(layout, g, shape, model_config)
         raise MeshError(

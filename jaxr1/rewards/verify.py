@@ -32,6 +32,7 @@ from jaxr1.rewards.compare import EXACT, NumericPolicy, nodes_equal
 from jaxr1.rewards.extract import stated_value, unwrap
 from jaxr1.rewards.normalize import normalize_answer, normalize_text
 from jaxr1.rewards.parse import ParseError
+from jaxr1.rewards.pool import run_with_timeout
 from jaxr1.rewards.structure import parse_answer
 
 MAX_ANSWER_CHARS = 1_000  # an extracted answer longer than this is not a final answer
@@ -199,7 +200,6 @@ def verify(
     if timeout_s is None:
         return check(*args).correct
     NumericPolicy(numeric_match, min_sig_digits)  # a config error raises here, not in the worker
-    from jaxr1.rewards.pool import run_with_timeout  # the pool imports this module
 
     result = run_with_timeout(check, args, timeout_s)
     return bool(result.status == OK and result.value.correct)

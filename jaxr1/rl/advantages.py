@@ -1,7 +1,7 @@
 """Group-relative advantage estimators (GRPO, Dr. GRPO, RLOO, REINFORCE++), registered by name.
 
 Rewards arrive flat, `[B*G]`, grouped by prompt: rows i*G .. i*G+G-1 are prompt i's G samples
-(the sampler's layout). Every estimator has one signature, `fn(rewards [B*G], group_size, **options)
+(the sampler's layout). Every estimator has one signature, `fn(rewards [B*G], num_generations, **options)
 -> [B*G]`, one scalar advantage per completion which the policy loss broadcasts over its tokens;
 `options` are the `rl.*` config keys it declares when registered. A new estimator is one decorated
 function here: the trainer and config validation read the registry.
@@ -32,11 +32,11 @@ def register_advantage_estimator(name: str, *, options: tuple[str, ...] = ()):
 DEFAULT_EPS = 1e-4
 
 
-def _grouped(rewards: Array, group_size: int) -> Array:
+def _grouped(rewards: Array, num_generations: int) -> Array:
     rewards = jnp.asarray(rewards, jnp.float32)
-    if rewards.ndim != 1 or group_size < 1 or rewards.shape[0] % group_size:
-        raise ValueError(f"rewards must be flat [B*G] with G={group_size} dividing it; got shape {rewards.shape}")
-    return rewards.reshape(-1, group_size)
+    if rewards.ndim != 1 or num_generations < 1 or rewards.shape[0] % num_generations:
+        raise ValueError(f"rewards must be flat [B*G] with G={num_generations} dividing it; got shape {rewards.shape}")
+    return rewards.reshape(-1, num_generations)
 
 
 def _unbiased_std(x: Array, axis: int | None) -> Array:
@@ -51,7 +51,7 @@ def _unbiased_std(x: Array, axis: int | None) -> Array:
 @register_advantage_estimator("grpo", options=("scale_rewards",))
 def grpo(
     rewards: Array,
-    group_size: int,
+    num_generations: int,
     *,
     scale_rewards: Literal["group", "batch", "none"] = "group",
     eps: float = DEFAULT_EPS,
@@ -62,7 +62,7 @@ def grpo(
     "batch" the std of all B*G rewards (the mean stays per group, as in TRL), "none" skips scaling
     (which is exactly Dr. GRPO).
     """
-    g = _grouped(rewards, group_size)
+    g = _grouped(rewards, num_generations)
     centered = g - jnp.mean(g, axis=1, keepdims=True)
     if scale_rewards == "group":
         std = _unbiased_std(g, axis=1)[:, None]
@@ -76,31 +76,31 @@ def grpo(
 
 
 @register_advantage_estimator("dr_grpo")
-def dr_grpo(rewards: Array, group_size: int) -> Array:
+def dr_grpo(rewards: Array, num_generations: int) -> Array:
     """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): A_i = r_i - mean(group).
 
     Dividing by the group std up-weights near-unanimous (too easy / too hard) prompts; Dr. GRPO drops it.
     """
-    g = _grouped(rewards, group_size)
+    g = _grouped(rewards, num_generations)
     return (g - jnp.mean(g, axis=1, keepdims=True)).reshape(-1)
 
 
 @register_advantage_estimator("rloo")
-def rloo(rewards: Array, group_size: int) -> Array:
+def rloo(rewards: Array, num_generations: int) -> Array:
     """RLOO (Ahmadian et al. 2024): A_i = r_i - mean of the other G-1 rewards of the group.
 
     Equals G/(G-1) * (r_i - group mean); the leave-one-out baseline keeps the estimate unbiased.
     G=1 has no other sample to compare with, so the advantage is 0.
     """
-    g = _grouped(rewards, group_size)
-    if group_size == 1:
+    g = _grouped(rewards, num_generations)
+    if num_generations == 1:
         return jnp.zeros_like(g).reshape(-1)
-    others_mean = (jnp.sum(g, axis=1, keepdims=True) - g) / (group_size - 1)
+    others_mean = (jnp.sum(g, axis=1, keepdims=True) - g) / (num_generations - 1)
     return (g - others_mean).reshape(-1)
 
 
 @register_advantage_estimator("reinforce_pp")
-def reinforce_pp(rewards: Array, group_size: int, *, eps: float = 1e-8) -> Array:
+def reinforce_pp(rewards: Array, num_generations: int, *, eps: float = 1e-8) -> Array:
     """REINFORCE++-baseline (Hu et al. 2025; OpenRLHF `reinforce_baseline`), outcome reward only.
 
     1. subtract the prompt's group mean: a_i = r_i - mean(group);
@@ -109,27 +109,27 @@ def reinforce_pp(rewards: Array, group_size: int, *, eps: float = 1e-8) -> Array
     OpenRLHF whitens over tokens (each completion weighted by its length); we whiten over
     completions, which keeps advantages independent of response length (one scalar per completion).
     """
-    a = dr_grpo(rewards, group_size)
+    a = dr_grpo(rewards, num_generations)
     mean = jnp.mean(a)
     std = jnp.sqrt(jnp.mean(jnp.square(a - mean)))
     return (a - mean) / (std + eps)
 
 
-def zero_variance_groups(rewards: Array, group_size: int) -> Array:
+def zero_variance_groups(rewards: Array, num_generations: int) -> Array:
     """[B] bool: groups whose G rewards are all equal (no learning signal under group baselines)."""
-    g = _grouped(rewards, group_size)
+    g = _grouped(rewards, num_generations)
     # Exact comparison: rewards are verifier outputs, and DAPO's criterion is "not all equal".
     return jnp.max(g, axis=1) == jnp.min(g, axis=1)
 
 
-def dynamic_sampling_keep_mask(rewards: Array, group_size: int) -> Array:
+def dynamic_sampling_keep_mask(rewards: Array, num_generations: int) -> Array:
     """[B*G] bool, True for rows of groups with non-zero reward variance (DAPO dynamic sampling).
 
     DAPO drops prompts whose samples are all correct or all wrong (advantage 0 everywhere) and
-    keeps sampling until the batch is full; the per-group view is `mask[::group_size]`.
+    keeps sampling until the batch is full; the per-group view is `mask[::num_generations]`.
     """
-    keep = ~zero_variance_groups(rewards, group_size)
-    return jnp.repeat(keep, group_size)
+    keep = ~zero_variance_groups(rewards, num_generations)
+    return jnp.repeat(keep, num_generations)
 
 
 def _check(name: str) -> None:
@@ -143,12 +143,12 @@ def advantage_options(name: str, rl) -> dict:
     return {k: getattr(rl, k) for k in _OPTIONS[name]}
 
 
-def compute_advantages(name: str, rewards: Array, group_size: int, **options) -> tuple[Array, dict[str, Array]]:
+def compute_advantages(name: str, rewards: Array, num_generations: int, **options) -> tuple[Array, dict[str, Array]]:
     """Runs the estimator registered as `name`; returns (advantages [B*G] float32, metrics).
 
     metrics["zero_std_frac"] is the fraction of groups whose rewards are all equal.
     """
     _check(name)
-    advantages = ADVANTAGE_ESTIMATORS[name](rewards, group_size, **options)
-    metrics = {"zero_std_frac": jnp.mean(zero_variance_groups(rewards, group_size).astype(jnp.float32))}
+    advantages = ADVANTAGE_ESTIMATORS[name](rewards, num_generations, **options)
+    metrics = {"zero_std_frac": jnp.mean(zero_variance_groups(rewards, num_generations).astype(jnp.float32))}
     return advantages, metrics

@@ -21,7 +21,10 @@ from flax import nnx
 from jaxr1.config import OptimConfig, RLConfig
 from jaxr1.models.inputs import ModelInputs
 from jaxr1.models.lora import LoRAParam, has_adapters
+from jaxr1.models.lora import merge_adapters
 from jaxr1.models.vlm import VisionLanguageModel
+from jaxr1.parallel.rules import param_shardings
+from jaxr1.parallel.rules import param_shardings, place
 from jaxr1.rl.losses import policy_loss
 from jaxr1.rl.pack import PackedRows
 from jaxr1.rl.policy import completion_logprobs
@@ -94,7 +97,6 @@ class Learner:
         # does (1.6x the gradient memory per device in the 7B dry run).
         self.param_shardings = self.frozen_shardings = None
         if mesh is not None:
-            from jaxr1.parallel.rules import param_shardings
             self.param_shardings = param_shardings(params, mesh)
             self.frozen_shardings = param_shardings(frozen, mesh) if frozen is not None else None
         self.rl = rl
@@ -119,7 +121,6 @@ class Learner:
             return LearnerState(params, self.tx.init(params), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
         from jax.sharding import NamedSharding, PartitionSpec
 
-        from jaxr1.parallel.rules import param_shardings, place
         # Adam moments sit at the parameters' paths (e.g. .../mu/language_model/layers/q_kernel), so the same
         # path rules shard them like their parameters; step counters stay replicated.
         opt_shardings = param_shardings(abstract_opt, self.mesh)
@@ -247,7 +248,6 @@ class Learner:
         """The plain model to save / export: adapters merged into the kernels in the master dtype."""
         if not self.lora:
             return self.model(params)
-        from jaxr1.models.lora import merge_adapters
         return merge_adapters(self.model(params, jax.tree.leaves(params)[0].dtype))
 
 

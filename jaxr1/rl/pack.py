@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxr1.flops import decoder_flops
 from jaxr1.ops.attention import causal_blocks
 
 
@@ -129,7 +130,6 @@ def own_keys(L: int) -> float:
 def key_cost(text_cfg) -> float:
     """One attention key's forward FLOPs relative to a token's projections, MLP and lm head: choose_layout's
     cost weight (Qwen2.5-VL-3B: 5e-5, so a 384-token prompt adds 2% to a slot; the 61M CPU preset: 4e-4)."""
-    from jaxr1.flops import decoder_flops
     f = decoder_flops(text_cfg)
     return f["pair"] / (f["token"] + f["logit"])
 

@@ -42,7 +42,7 @@ def sampler_rollout(learner, rl, *, tokenizer, eos_token_ids: Sequence[int], com
         policy = learner.model(params, compute_dtype)
         gen = generate(policy, batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw,
                        max_new_tokens=rl.max_completion_length, temperature=rl.temperature, top_p=rl.top_p,
-                       top_k=rl.top_k, num_samples=rl.num_generations, eos_token_ids=eos_token_ids, seed=seed,
+                       top_k=rl.top_k, num_generations=rl.num_generations, eos_token_ids=eos_token_ids, seed=seed,
                        mesh=mesh,   # rows split over data x fsdp; weights gathered once per rollout
                        compact=rl.compact_finished_rows)
         out = {k: to_host(getattr(gen, k)) for k in ("tokens", "lengths", "logprobs", "stop_reason")}

@@ -63,8 +63,8 @@ class StepRecord:
     rewards: Any                          # RewardResult
 
 
-def _score_args(batch, roll: Rollout, group_size: int, max_len: int):
-    examples = [ex for ex in batch.examples for _ in range(group_size)]
+def _score_args(batch, roll: Rollout, num_generations: int, max_len: int):
+    examples = [ex for ex in batch.reward_inputs for _ in range(num_generations)]
     return (roll.texts, examples), dict(completion_lengths=roll.lengths, max_completion_length=max_len)
 
 
@@ -85,12 +85,12 @@ def _concat_rewards(parts, scored):
 
 
 def refill_groups(rollout: RolloutFn, params, batch, roll: Rollout, *, seed_of_round: Callable[[int], int],
-                  next_batch: Callable[[], Any], score: Callable, group_size: int, max_rounds: int):
+                  next_batch: Callable[[], Any], score: Callable, num_generations: int, max_rounds: int):
     """DAPO dynamic sampling around `rollout`: replace zero-variance groups with non-zero-variance groups sampled
     from further batches (at most `max_rounds`); groups still missing after that are kept (their advantage is
     0). score(batch, roll) -> RewardResult is called once per sampled batch and its rows are reused.
     Returns (batch, rollout, rewards, number of dropped groups)."""
-    G = group_size
+    G = num_generations
 
     def informative(b, result):
         return ~np.asarray(zero_variance_groups(np.asarray(result.total, np.float32), G)) & b.valid
@@ -190,7 +190,7 @@ def grpo_step(state: LearnerState, batch, ctx: StepContext) -> tuple[LearnerStat
         # DAPO: groups whose rewards all agree carry no signal; swap them for groups of fresh prompts.
         batch, roll, rewards, dropped_groups = refill_groups(
             ctx.rollout, state.params, batch, roll, seed_of_round=lambda r: rollout_seed(cfg.seed, step, r),
-            next_batch=ctx.next_batch, score=score, group_size=G, max_rounds=rl.max_refill_rounds)
+            next_batch=ctx.next_batch, score=score, num_generations=G, max_rounds=rl.max_refill_rounds)
 
     # Rewards run in worker processes while the device computes old/reference log-probs.
     t1 = time.time()

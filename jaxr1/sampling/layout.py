@@ -19,6 +19,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxr1.parallel.mesh import BATCH_AXES
+from jaxr1.parallel.rules import param_shardings
+from jaxr1.parallel.rules import place
+from jaxr1.sampling.decode import GenKV, PromptKV
 
 log = logging.getLogger("jaxr1.sampling")
 
@@ -46,7 +49,6 @@ def _drop_batch_axes(spec: P) -> P:
 def gathered_param_shardings(params, mesh):
     """The sampler's weight layout: the trainer's rules (`jaxr1.parallel.rules`) without the batch axes, i.e.
     whole on every data / fsdp shard and still split over `tensor`."""
-    from jaxr1.parallel.rules import param_shardings
     return jax.tree.map(lambda s: NamedSharding(mesh, _drop_batch_axes(s.spec)), param_shardings(params, mesh))
 
 
@@ -68,7 +70,7 @@ def constrain_params(params, mesh):
 
 
 @dataclasses.dataclass(frozen=True)
-class Layout:
+class RolloutSharding:
     """Partitioning of one rollout's arrays: `rows` / `prompts` are the axes their leading dim is split over
     (None: replicated), `heads` the axis of the caches' KV-head dim."""
     mesh: jax.sharding.Mesh | None
@@ -77,7 +79,7 @@ class Layout:
     heads: str | None = None
 
     @classmethod
-    def make(cls, mesh, *, prompts: int, rows: int, kv_heads: int) -> "Layout":
+    def make(cls, mesh, *, prompts: int, rows: int, kv_heads: int) -> "RolloutSharding":
         if mesh is None:
             return cls(None)
         t = mesh.shape.get("tensor", 1)
@@ -118,7 +120,6 @@ class Layout:
         """Every field of a SamplerState on its sharding (scalars and the key replicated)."""
         if self.mesh is None:
             return s
-        from jaxr1.sampling.decode import GenKV, PromptKV
         stacked = not isinstance(s.prompt.k, tuple)
         prompt = PromptKV(self.cache(s.prompt.k, self.prompts, stacked), self.cache(s.prompt.v, self.prompts, stacked),
                           self.prompts_(s.prompt.valid))
@@ -130,7 +131,6 @@ class Layout:
 
 def place_prompts(batch, mesh):
     """Host prompts (every process holds all of them) onto the mesh, on `prompt_shardings`."""
-    from jaxr1.parallel.rules import place
     return place(batch, prompt_shardings(batch, mesh))
 
 

@@ -1,4 +1,4 @@
-"""The sampler: prefill each prompt once, then decode `num_samples` rows per prompt in one compiled loop.
+"""The sampler: prefill each prompt once, then decode `num_generations` rows per prompt in one compiled loop.
 
 Two jitted programs per shape bucket (the compacting path below splits decode by segment), both pure in
 (graphdef, params, ...) so a trainer can pass its live (possibly cast or sharded) weights:
@@ -38,10 +38,12 @@ import numpy as np
 from flax import nnx
 
 from jaxr1.models.cache import KVCache
+from jaxr1.parallel.distributed import to_host
 from jaxr1.sampling.buckets import SamplerPrompts
 from jaxr1.sampling.decode import GenKV, PromptKV, decode_step, layer_params
 from jaxr1.sampling.functions import SamplingMode, sample_tokens
-from jaxr1.sampling.layout import Layout, constrain_params
+from jaxr1.sampling.layout import RolloutSharding, constrain_params
+from jaxr1.sampling.layout import batch_shards
 
 STOP_NONE, STOP_EOS, STOP_LENGTH = 0, 1, 2
 
@@ -59,7 +61,7 @@ def compile_count() -> int:
 class DecodeSpec:
     """Static configuration: a change here compiles new programs."""
     mode: SamplingMode
-    num_samples: int
+    num_generations: int
     gen_len: int                      # generation buffer length (bucketed max_new_tokens)
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
@@ -80,13 +82,13 @@ class DecodeSpec:
             w *= 2
         return (*out, self.gen_len)
 
-    def layout(self, prompts: int, kv_heads: int, rows: int | None = None) -> Layout:
-        rows = prompts * self.num_samples if rows is None else rows
-        return Layout.make(self.mesh, prompts=prompts, rows=rows, kv_heads=kv_heads)
+    def layout(self, prompts: int, kv_heads: int, rows: int | None = None) -> RolloutSharding:
+        rows = prompts * self.num_generations if rows is None else rows
+        return RolloutSharding.make(self.mesh, prompts=prompts, rows=rows, kv_heads=kv_heads)
 
     @property
     def compacts(self) -> bool:
-        return self.compact and self.num_samples > 1 and len(self.windows) > 1
+        return self.compact and self.num_generations > 1 and len(self.windows) > 1
 
 
 @jax.tree_util.register_dataclass
@@ -108,7 +110,7 @@ class SamplerState:
     temperature: jax.Array
     top_p: jax.Array
     key: jax.Array
-    # The [R, ...] fields: split by row on a mesh (Layout.state), gathered by compaction (_compact).
+    # The [R, ...] fields: split by row on a mesh (RolloutSharding.state), gathered by compaction (_compact).
     ROW_FIELDS: ClassVar[tuple[str, ...]] = ("tokens", "logprobs", "sampling_logprobs", "last", "base_position",
                                              "done", "lengths", "stop_reason", "row_id")
 
@@ -146,7 +148,7 @@ def _draw(s: SamplerState, spec: DecodeSpec, logits: jax.Array):
     return sample_tokens(logits, _row_keys(s.key, s.step, s.row_id), s.temperature, s.top_p, spec.mode)
 
 
-def _layout(spec: DecodeSpec, s: SamplerState, kv_heads: int) -> Layout:
+def _layout(spec: DecodeSpec, s: SamplerState, kv_heads: int) -> RolloutSharding:
     """This state's layout: its groups (prompt caches) and rows, whatever compaction left."""
     return spec.layout(s.prompt.valid.shape[0], kv_heads, rows=s.last.shape[0])
 
@@ -155,7 +157,7 @@ def _prefill(graphdef, params, batch: SamplerPrompts, key, max_new_tokens, tempe
              spec: DecodeSpec) -> SamplerState:
     TRACES["prefill"] += 1
     model = nnx.merge(graphdef, constrain_params(params, spec.mesh))
-    lm, inputs, n = model.language_model, batch.inputs, spec.num_samples
+    lm, inputs, n = model.language_model, batch.inputs, spec.num_generations
     b, tp = inputs.input_ids.shape
     lay = spec.layout(b, lm.cfg.num_key_value_heads)
     # The vision tower runs here, once. A family with DeepStack (Qwen3-VL) also feeds intermediate vision
@@ -285,7 +287,7 @@ def _merge(out: SampleOutput, s: SamplerState, *, spec: DecodeSpec) -> SampleOut
     idx = jnp.where(s.row_id < 0, out.lengths.shape[0], s.row_id)
     put = lambda buf, x: buf.at[idx].set(x, mode="drop")
     stop = jnp.where(s.stop_reason == STOP_NONE, STOP_LENGTH, s.stop_reason)
-    lay = spec.layout(out.lengths.shape[0] // spec.num_samples, 1)
+    lay = spec.layout(out.lengths.shape[0] // spec.num_generations, 1)
     return SampleOutput(*(lay.rows_(put(o, x)) for o, x in zip(
         (out.tokens, out.lengths, out.logprobs, out.sampling_logprobs, out.stop_reason),
         (s.tokens, s.lengths, s.logprobs, s.sampling_logprobs, stop))))
@@ -332,7 +334,7 @@ def compaction_plan(done: np.ndarray, group_prompt: np.ndarray, n: int, shards: 
 
 
 def _empty_output(spec: DecodeSpec, rows: int) -> SampleOutput:
-    lay = spec.layout(rows // spec.num_samples, 1)
+    lay = spec.layout(rows // spec.num_generations, 1)
     z = lambda shape, dtype, fill=0: lay.rows_(jnp.full(shape, fill, dtype))
     return SampleOutput(z((rows, spec.gen_len), jnp.int32, spec.pad_token_id), z((rows,), jnp.int32),
                         z((rows, spec.gen_len), jnp.float32), z((rows, spec.gen_len), jnp.float32),
@@ -345,10 +347,8 @@ empty_fn = jax.jit(_empty_output, static_argnames=("spec", "rows"))
 def _compacting_decode(graphdef, params, state: SamplerState, spec: DecodeSpec, max_new: int) -> SampleOutput:
     """The segments one program each, from the host; between two, the stopped rows leave (one small
     device-to-host read of `done` per segment boundary)."""
-    from jaxr1.parallel.distributed import to_host
-    from jaxr1.sampling.layout import batch_shards
     rows = int(state.last.shape[0])
-    n, group_prompt = spec.num_samples, np.arange(rows // spec.num_samples)
+    n, group_prompt = spec.num_generations, np.arange(rows // spec.num_generations)
     shards = 1 if spec.mesh is None else batch_shards(spec.mesh)
     out = empty_fn(spec=spec, rows=rows)
     s = state

@@ -31,7 +31,7 @@ def test_bad_rows_skipped_counted_and_named(tmp_path, processors, caplog):
     with caplog.at_level(logging.WARNING, logger="jaxr1.data"):
         batches = list(it)
     assert len(batches) == 1 and batches[0].valid.all()
-    assert [e["problem"] for e in batches[0].examples] == ["good 0", "good 7"]
+    assert [e["problem"] for e in batches[0].reward_inputs] == ["good 0", "good 7"]
     assert dict(it.bad_rows) == {"missing_image": 1, "bad_image": 1, "missing_answer": 1, "too_long": 1,
                                  "unreadable_row": 1, "image_mismatch": 1}
     m = it.metrics()

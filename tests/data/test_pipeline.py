@@ -18,7 +18,7 @@ def _answers(ds, n_batches=None):
     for k, b in enumerate(it):
         if n_batches is not None and k == n_batches:
             break
-        out += [e["answer"] for e, v in zip(b.examples, b.valid) if v]
+        out += [e["answer"] for e, v in zip(b.reward_inputs, b.valid) if v]
     return out
 
 
@@ -56,7 +56,7 @@ def test_state_restore_gives_identical_next_batch(tmp_path, processors):
         got = next(resumed)
         np.testing.assert_array_equal(got.input_ids, w.input_ids)
         np.testing.assert_array_equal(got.pixel_values, w.pixel_values)
-        assert got.examples == w.examples
+        assert got.reward_inputs == w.reward_inputs
     assert resumed.epoch == it.epoch
 
 
@@ -79,5 +79,5 @@ def test_config_from_mapping_and_synthetic_eval_split(processors):
     assert train.num_rows == 8 and evals.num_rows == 3 and not evals.cfg.shuffle
     eval_batches = list(evals)
     assert len(eval_batches) == 2 and eval_batches[-1].valid.tolist() == [True, False]
-    assert {e["source"] for b in eval_batches for e in b.examples} == {"synthetic:counting:3:0@8"}
+    assert {e["source"] for b in eval_batches for e in b.reward_inputs} == {"synthetic:counting:3:0@8"}
     assert build_dataset(DataConfig(path="x.jsonl"), *processors, split="eval") is None

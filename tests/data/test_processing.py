@@ -110,6 +110,6 @@ def test_collate_keeps_batch_size_with_filler_rows(tmp_path, processors):
     ex = pre.process(_row(tmp_path, [(60, 80)]))
     batch = collate([ex], pad_id=0, batch_size=3, multiple=16)
     assert batch.input_ids.shape == (3, bucket_length(len(ex.input_ids), "multiple", 16))
-    assert batch.valid.tolist() == [True, False, False] and len(batch.examples) == 3
+    assert batch.valid.tolist() == [True, False, False] and len(batch.reward_inputs) == 3
     # filler rows repeat the last real row, images included, so shapes stay consistent with image_counts
     assert batch.image_counts.tolist() == [1, 1, 1] and len(batch.image_grid_thw) == 3

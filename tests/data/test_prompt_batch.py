@@ -33,7 +33,7 @@ def assert_same(a: PromptBatch, b: PromptBatch):
         assert (x is None) == (y is None), k
         if x is not None:
             assert x.dtype == y.dtype and x.shape == y.shape and (x == y).all(), k
-    assert a.examples == b.examples
+    assert a.reward_inputs == b.reward_inputs
 
 
 def row_images(batch, r):
@@ -64,7 +64,7 @@ def old_select_rows(batches, picks):
             start = int(pb.image_grid_thw[:first].prod(-1).sum())
             grids.append(g)
             pixels.append(pb.pixel_values[start:start + int(g.prod(-1).sum())])
-        examples.append(pb.examples[r])
+        examples.append(pb.reward_inputs[r])
         valid.append(pb.valid[r])
         counts.append(n)
     return PromptBatch(np.stack(ids), np.stack(mask), np.concatenate(pixels) if pixels else None,
@@ -77,7 +77,7 @@ def test_take_keeps_each_rows_images():
     rows = [5, 0, 2, 2, 4]
     out = batch.take(rows)
     assert out.input_ids.tolist() == batch.input_ids[rows].tolist()
-    assert out.examples == [batch.examples[r] for r in rows]
+    assert out.reward_inputs == [batch.reward_inputs[r] for r in rows]
     for i, r in enumerate(rows):
         g, px = row_images(out, i)
         g0, px0 = row_images(batch, r)
@@ -148,4 +148,4 @@ def test_interleaved_global_batch_equals_the_old_gather():
             g, px = row_images(got, row)
             g0, px0 = row_images(src, i)
             assert g == g0 and (px == px0).all()
-            assert got.examples[row] == src.examples[i] and got.valid[row] == src.valid[i]
+            assert got.reward_inputs[row] == src.reward_inputs[i] and got.valid[row] == src.valid[i]

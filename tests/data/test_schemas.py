@@ -19,7 +19,7 @@ def rows_of(ds):
     for b in ds:
         for i in np.flatnonzero(b.valid):
             text = tok.decode(b.input_ids[i][b.attention_mask[i] == 1])
-            out.append((text, b.examples[i], int(b.image_counts[i])))
+            out.append((text, b.reward_inputs[i], int(b.image_counts[i])))
     return out
 
 
@@ -83,7 +83,7 @@ def test_swift_messages_two_images_in_order(tmp_path, processors):
     ds = build_dataset(config(write_jsonl(tmp_path / "s.jsonl", [row]), batch_size=1), *processors)
     batch = next(iter(ds))
     text = ds.preprocess.tokenizer.decode(batch.input_ids[0][batch.attention_mask[0] == 1])
-    assert batch.image_counts.tolist() == [2] and batch.examples[0]["answer"] == "right"
+    assert batch.image_counts.tolist() == [2] and batch.reward_inputs[0]["answer"] == "right"
     h, w = batch.image_grid_thw[:, 1], batch.image_grid_thw[:, 2]
     assert w[0] > h[0] and h[1] > w[1]  # the images keep their order
     assert "Be brief." in text and R1_SYSTEM_PROMPT not in text  # the row's own system turn wins

@@ -53,13 +53,13 @@ def test_written_dataset_loads_in_r1v_schema(tmp_path, processors):
     assert all(not os.path.isabs(r["image"]) and (tmp_path / "clevr" / r["image"]).exists() for r in rows)
     batch = next(iter(build_dataset(config(path, batch_size=4), *processors)))
     want = [str(len(make_scene(2, i)[1])) for i in range(4)]
-    assert [e["answer"] for e in batch.examples] == want and batch.image_counts.tolist() == [1] * 4
+    assert [e["answer"] for e in batch.reward_inputs] == want and batch.image_counts.tolist() == [1] * 4
 
 
 def test_scene_objects_from_an_examples_source_and_row(processors):
     from jaxr1.data.synthetic import describe_objects, scene_objects
     batch = next(iter(build_dataset(config("synthetic:counting:16:5", batch_size=4, max_objects=4), *processors)))
-    for ex in batch.examples:
+    for ex in batch.reward_inputs:
         objects = scene_objects(ex["source"], ex["row"], max_objects=4)
         assert str(len(objects)) == ex["answer"]
         described = describe_objects(objects).split(", ")

@@ -77,7 +77,7 @@ def test_sampler_prefill_has_the_kernel_and_decode_loop_gathers_no_weights(targe
     from tests import hf_tiny
     mesh, model, patch, _, graphdef, params = _setup(target, tmp_path)
     cfg = model.config
-    spec = make_spec(cfg, max_new_tokens=16, temperature=1.0, num_samples=2, eos_token_ids=(1,), mesh=mesh)
+    spec = make_spec(cfg, max_new_tokens=16, temperature=1.0, num_generations=2, eos_token_ids=(1,), mesh=mesh)
     grids = [(1, 4, 6)]
     pv, grid = hf_tiny.random_image_inputs(grids, patch=patch)
     ids, mask = hf_tiny.left_pad([hf_tiny.prompt_ids(9, grids, seed=s) for s in range(4)])

@@ -64,7 +64,7 @@ def test_sampler_applies_adapters_unmerged_as_the_merged_model_decodes(family):
     from jaxr1.sampling import generate
     _, model = adapted(family)
     ids, mask, pv, grids = image_batch(model.config)
-    kw = dict(max_new_tokens=6, temperature=0.0, num_samples=2)
+    kw = dict(max_new_tokens=6, temperature=0.0, num_generations=2)
     a = generate(model, ids, mask, pv, grids, **kw)
     b = generate(lora.merge_adapters(model), ids, mask, pv, grids, **kw)
     assert np.array_equal(np.asarray(a.tokens), np.asarray(b.tokens))

@@ -57,7 +57,7 @@ def test_reinforce_pp_batch_whitened():
     close(adv, [0.7745967, -0.3872983, -0.3872983, 0, 0, 0, -1.1618950, 2.3237900, -1.1618950])
 
 
-def test_group_size_one_gives_zero_not_nan():
+def test_num_generations_one_gives_zero_not_nan():
     r = jnp.array([1.0, 0.0, 2.0])
     for name in ("grpo", "dr_grpo", "rloo"):
         adv, metrics = compute_advantages(name, r, 1)

@@ -249,7 +249,7 @@ def test_dynamic_sampling_refills_scores_each_row_once_and_uses_fresh_seeds(base
         assert rollout.seeds[n_seeds:] == [rollout_seed(3, step, 0), rollout_seed(3, step, 1)]
         assert scorer.rows_scored == 2 * B * G            # the step's batch and one refill: each row once
         assert metrics["rl/dynamic_sampling_refilled_groups"] == B
-        assert record.batch.examples == batches[1].examples   # the informative groups were kept
+        assert record.batch.reward_inputs == batches[1].reward_inputs   # the informative groups were kept
         assert record.rewards.total.tolist() == np.linspace(0, 1, B * G, dtype=np.float32).tolist()
         assert record.rollout.texts[0].startswith(f"{rollout_seed(3, step, 1)}/")
     step_seeds = {rollout_seed(3, s, 0) for s in range(0, 100_000)}

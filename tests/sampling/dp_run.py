@@ -47,7 +47,7 @@ def main(data: int, fsdp: int):
     lines = []
     for b in (8, 4):   # 8 prompts split over the 8 devices; 4 do not (replicated prompts, rows still split)
         batch = prompts(cfg, b)
-        kw = dict(max_new_tokens=new, temperature=0.0, num_samples=n, eos_token_ids=(), min_window=4)
+        kw = dict(max_new_tokens=new, temperature=0.0, num_generations=n, eos_token_ids=(), min_window=4)
         ref = generate(model, **batch, **kw)   # one device
         old = generate(sharded_model, **batch, **kw)   # the trainer's call before: sharded weights, host prompts
         out = generate(sharded_model, **batch, **kw, mesh=mesh)
@@ -63,7 +63,7 @@ def main(data: int, fsdp: int):
                                       generate(model, **batch, **samp).tokens)
         # Rows that stop (a third of the vocabulary is EOS) leave between segments: the same rows as one
         # device without compaction, and the output still split by row.
-        stop = dict(samp, eos_token_ids=tuple(range(1, cfg.text.vocab_size, 3)), max_new_tokens=16, num_samples=4)
+        stop = dict(samp, eos_token_ids=tuple(range(1, cfg.text.vocab_size, 3)), max_new_tokens=16, num_generations=4)
         seg0, rows0 = CALLS["segment"], CALLS["segment_rows"]
         compacted = generate(sharded_model, **batch, **stop, mesh=mesh)
         assert CALLS["segment_rows"] - rows0 < (CALLS["segment"] - seg0) * b * 4, "no segment ran on fewer rows"
@@ -77,9 +77,9 @@ def main(data: int, fsdp: int):
             assert len(x.sharding.device_set) == 8 and rows_per_device(x) == rows // 8, (name, x.sharding)
 
         # Compiled decode programs: before (no mesh; fsdp-sharded weights; host prompts) and after (mesh).
-        spec_old = make_spec(cfg, max_new_tokens=new, temperature=0.0, num_samples=n, eos_token_ids=(),
+        spec_old = make_spec(cfg, max_new_tokens=new, temperature=0.0, num_generations=n, eos_token_ids=(),
                              min_window=4)
-        spec = make_spec(cfg, max_new_tokens=new, temperature=0.0, num_samples=n, eos_token_ids=(),
+        spec = make_spec(cfg, max_new_tokens=new, temperature=0.0, num_generations=n, eos_token_ids=(),
                          min_window=4, mesh=mesh)
         host = prepare_prompts(cfg, **batch)
         hlo_old, state_old = decode_hlo(graphdef, sharded, host, spec_old, new)

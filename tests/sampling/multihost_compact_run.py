@@ -26,7 +26,7 @@ if __name__ == "__main__":
     mesh = make_mesh(2, 4, 1)
     sharded = nnx.merge(graphdef, shard_params(params, mesh))
     batch = mixed_batch(cfg, 8)
-    kw = dict(max_new_tokens=16, temperature=1.0, top_k=8, seed=3, num_samples=4, min_window=4,
+    kw = dict(max_new_tokens=16, temperature=1.0, top_k=8, seed=3, num_generations=4, min_window=4,
               eos_token_ids=tuple(range(1, cfg.text.vocab_size, 3)))
     out = generate(sharded, **batch, **kw, mesh=mesh)
     segments, rows = CALLS["segment"], CALLS["segment_rows"]

@@ -37,7 +37,7 @@ def main(axis_type: str):
     graphdef, params = nnx.split(model)
     results = []
     for temperature, top_k in [(1.0, 8)]:
-        spec = make_spec(cfg, max_new_tokens=6, temperature=temperature, top_k=top_k, num_samples=2)
+        spec = make_spec(cfg, max_new_tokens=6, temperature=temperature, top_k=top_k, num_generations=2)
         kw = dict(max_new_tokens=6, temperature=max(temperature, 1e-6), top_p=1.0, spec=spec)
         ref = sample(graphdef, params, batch, jax.random.key(0), **kw)
         mesh = jax.make_mesh((2, 2), ("data", "model"), axis_types=(getattr(AxisType, axis_type),) * 2)

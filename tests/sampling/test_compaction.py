@@ -60,7 +60,7 @@ def test_compacted_decode_equals_full_rows(tiny_pair, loop):
     _, model = tiny_pair
     batch = image_batch()
     eos = tuple(range(1, model.config.text.vocab_size, 3))
-    kw = dict(max_new_tokens=40, temperature=1.0, num_samples=8, eos_token_ids=eos, seed=5, min_window=4,
+    kw = dict(max_new_tokens=40, temperature=1.0, num_generations=8, eos_token_ids=eos, seed=5, min_window=4,
               layer_loop=loop)
     full = generate(model, **kw, **batch, compact=False)
     before = CALLS["segment"], CALLS["segment_rows"]

@@ -22,7 +22,7 @@ def test_windows():
 
 
 def _run(model, batch, *, live, loop="unroll", temperature=1.0, n=2, new=13, eos=()):
-    spec = make_spec(model.config, max_new_tokens=new, temperature=temperature, top_k=0, num_samples=n,
+    spec = make_spec(model.config, max_new_tokens=new, temperature=temperature, top_k=0, num_generations=n,
                      eos_token_ids=eos, layer_loop=loop, live_window=live, min_window=4)
     graphdef, params = nnx.split(model)
     sp = prepare_prompts(model.config, **batch)
@@ -78,7 +78,7 @@ def test_each_segment_reads_only_its_window(tiny_pair):
     """The decode program has one while loop per window, and the per-row caches carried by the loop of window
     w have w slots, so no step reads gen_len slots before it needs them (2 prompts x 2 samples = 4 rows)."""
     _, model = tiny_pair
-    spec = make_spec(model.config, max_new_tokens=30, temperature=1.0, num_samples=2, eos_token_ids=(),
+    spec = make_spec(model.config, max_new_tokens=30, temperature=1.0, num_generations=2, eos_token_ids=(),
                      min_window=4)
     graphdef, params = nnx.split(model)
     sp = prepare_prompts(model.config, **text_batch(lengths=(3, 5)))

@@ -55,7 +55,7 @@ def sampled_images(tiny_pair, monkeypatch_module):
     batch = image_batch()
     before = dict(CALLS)
     # A seed whose draws hold no vision special token (teacher forcing would read one as an image run).
-    out = generate(model, **batch, max_new_tokens=8, temperature=1.0, num_samples=3, eos_token_ids=(), seed=8)
+    out = generate(model, **batch, max_new_tokens=8, temperature=1.0, num_generations=3, eos_token_ids=(), seed=8)
     calls = {k: CALLS[k] - before.get(k, 0) for k in ("prefill", "prefill_rows", "decode")}
     monkeypatch_module.undo()
     return batch, out, traced, calls
@@ -99,8 +99,8 @@ def test_seed_determinism(tiny_pair, sampled_images):
     _, model = tiny_pair
     batch, out, _, _ = sampled_images
     n0 = compile_count()
-    again = generate(model, **batch, max_new_tokens=8, temperature=1.0, num_samples=3, eos_token_ids=(), seed=8)
-    other = generate(model, **batch, max_new_tokens=8, temperature=1.0, num_samples=3, eos_token_ids=(), seed=9)
+    again = generate(model, **batch, max_new_tokens=8, temperature=1.0, num_generations=3, eos_token_ids=(), seed=8)
+    other = generate(model, **batch, max_new_tokens=8, temperature=1.0, num_generations=3, eos_token_ids=(), seed=9)
     assert compile_count() == n0
     np.testing.assert_array_equal(again.tokens, out.tokens)
     np.testing.assert_array_equal(again.logprobs, out.logprobs)
@@ -111,7 +111,7 @@ def test_top_k_top_p_tokens_in_allowed_set(tiny_pair):
     _, model = tiny_pair
     batch = text_batch(lengths=(4, 8, 12), seed=5)
     t, k, p = 0.7, 20, 0.9
-    out = generate(model, **batch, max_new_tokens=10, temperature=t, top_k=k, top_p=p, num_samples=2,
+    out = generate(model, **batch, max_new_tokens=10, temperature=t, top_k=k, top_p=p, num_generations=2,
                    eos_token_ids=(), seed=1)
     logits = teacher_forced_logits(model, batch, out, 2)
     tokens = np.asarray(out.tokens)

@@ -16,7 +16,7 @@ def test_refill_rows_carry_images_and_padding():
     assert out.input_ids.tolist() == [[0, 1, 2], [7, 8, 9]]
     assert out.attention_mask.tolist() == [[0, 1, 1], [1, 1, 1]]
     assert out.image_grid_thw.tolist() == [[1, 1, 2]] and out.pixel_values.tolist() == a.pixel_values[4:].tolist()
-    assert [e["answer"] for e in out.examples] == ["b0", "a1"] and out.image_counts.tolist() == [0, 1]
+    assert [e["answer"] for e in out.reward_inputs] == ["b0", "a1"] and out.image_counts.tolist() == [0, 1]
 
 
 def test_dynamic_sampling_run(tmp_path):

@@ -45,7 +45,7 @@ def test_eval_cli_matches_independent_accuracy(tmp_path, capsys):
     gen = naive_greedy(model, batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw, 24,
                        set(eos_ids(tok)))
     expected = []
-    for g, ex in zip(gen, batch.examples):
+    for g, ex in zip(gen, batch.reward_inputs):
         text = tok.decode(g, skip_special_tokens=True)
         m = re.findall(r"<answer>\s*(-?\d+)\s*</answer>", text)
         gold = int(re.search(r"\d+", ex["answer"]).group())

@@ -98,7 +98,7 @@ def test_sampler_generate_matches_greedy(hf_pair, case, layer_loop):
     ids, mask, pv, grid = _case(case)
     ref_tokens, ref_logits = hf_greedy(hf_model, ids, mask, pv, grid)
     out = generate(model, ids, mask, pv, grid, max_new_tokens=NEW, temperature=0.0, eos_token_ids=[],
-                   num_samples=2, layer_loop=layer_loop)
+                   num_generations=2, layer_loop=layer_loop)
     tokens = np.asarray(out.tokens)
     assert np.array_equal(tokens, np.repeat(ref_tokens, 2, axis=0)), (tokens, ref_tokens)
     ref_lp = np.take_along_axis(ref_logits - _logsumexp(ref_logits), ref_tokens[..., None], -1)[..., 0]

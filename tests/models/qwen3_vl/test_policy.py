@@ -48,7 +48,7 @@ def test_trainer_logprobs_equal_the_samplers(model):
     cfg = model.config
     ids, mask, pv, grid = _batch(cfg)
     g = 2
-    out = generate(model, ids, mask, pv, grid, max_new_tokens=NEW, temperature=1.0, num_samples=g, seed=4,
+    out = generate(model, ids, mask, pv, grid, max_new_tokens=NEW, temperature=1.0, num_generations=g, seed=4,
                    eos_token_ids=[])
     tokens = np.asarray(out.tokens)
     batch = prepare_prompts(cfg, ids, mask, pv, grid)
