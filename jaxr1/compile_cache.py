@@ -27,6 +27,8 @@ def cache_dir(setting: str) -> str | None:
     setting = str(setting).strip()
     if setting.lower() in OFF:
         return None
+    if setting.lower() in ("on", "true"):
+        setting = "auto"
     if setting != "auto":
         return os.path.abspath(os.path.expanduser(setting))
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):

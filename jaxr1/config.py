@@ -226,6 +226,8 @@ def _coerce(hint, value, path):
             return float(value)  # YAML 1.1 reads "1e-6" as a string
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+    if base is str and isinstance(value, bool):
+        return str(value).lower()   # YAML 1.1 reads off / no / on / yes as booleans
     if base in (int, bool, str) and not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise ConfigError(f"{path}: expected {base.__name__}, got {value!r}")
     return value

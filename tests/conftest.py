@@ -37,6 +37,10 @@ def _free_compiled_programs():
 
 # ------------------------------------------------------------------------------------------- tiers and order
 TIERS = ("dry runs", "slow", "fast")
+# Modules of several minutes (CI's --durations), started first within their tier so that no long module is
+# left for the end while the other worker idles. Only the order depends on this list.
+LONG_MODULES = ("tests.parallel.test_mesh", "tests.train.test_first_run", "tests.rl.test_pack",
+                "tests.sampling.test_sharding", "tests.rl.test_step")
 
 
 def tier(nodeid: str, keywords) -> str:
@@ -45,12 +49,15 @@ def tier(nodeid: str, keywords) -> str:
     return "dry runs" if nodeid.startswith("tests/parallel/test_dry_run.py") else "slow"
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the groups it adds to node ids
 def pytest_collection_modifyitems(config, items):
     """Longest first, so the two xdist workers finish together: the dry runs (a few minutes each, one
     subprocess each, no shared state: spread one by one), then the other slow tests, then the fast suite. A
     module outside the dry runs stays on one worker (module-scoped fixtures, e.g. a training run several tests
     read, run once)."""
-    items.sort(key=lambda it: TIERS.index(tier(it.nodeid, it.keywords)))
+    # TPU compiles are the longest dry runs (5-9 min each, 2-4 for H100)
+    items.sort(key=lambda it: (TIERS.index(tier(it.nodeid, it.keywords)), "v5p" not in it.nodeid,
+                               it.module.__name__ not in LONG_MODULES))
     for it in items:
         if tier(it.nodeid, it.keywords) != "dry runs":
             it.add_marker(pytest.mark.xdist_group(it.module.__name__))

@@ -127,6 +127,7 @@ def test_packed_learner_step_equals_unpacked(setup):  # noqa: F811
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * np.abs(a).max())
 
 
+@pytest.mark.slow   # ~2 min: twelve compilations of the packed step
 def test_packed_compilations_stay_bounded(setup):  # noqa: F811
     """One compilation per (row length, rows) layout, the loss layout following the row length (as
     rl.step does); and a realistic run's lengths land on few layouts."""

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -15,6 +17,7 @@ def test_sharded_params_and_batch_match_unsharded():
     assert proc.stdout.count(" ok,") == 1, proc.stdout
 
 
+@pytest.mark.slow   # ~3 min: a subprocess on 8 forced devices
 def test_data_parallel_sampler_rows_split_and_no_gather_in_decode_loop():
     """generate(..., mesh=) on 8 host devices (data=2, fsdp=4), fsdp-sharded weights: greedy and sampled tokens
     equal the single-device run, outputs and caches split by row, no all-gather in the decode loop bodies."""
