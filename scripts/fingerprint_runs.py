@@ -1,7 +1,6 @@
 """Fingerprint short training runs (same seeds): sampled completions, losses/metrics, final weights, to check that a
 refactor changed no number. Usage: python scripts/fingerprint_runs.py OUT.json (from the repo root whose jaxr1 to test;
 compare two with scripts/compare_fingerprints.py A.json B.json)"""
-Usage: python fingerprint.py OUT.json  (run from the repo root whose jaxr1 to test)"""
 import hashlib, json, os, subprocess, sys, tempfile
 import numpy as np
 from safetensors.numpy import load_file
