@@ -23,7 +23,6 @@ from jaxr1.models.inputs import ModelInputs
 from jaxr1.models.lora import LoRAParam, has_adapters
 from jaxr1.models.lora import merge_adapters
 from jaxr1.models.vlm import VisionLanguageModel
-from jaxr1.parallel.rules import param_shardings
 from jaxr1.parallel.rules import param_shardings, place
 from jaxr1.rl.losses import policy_loss
 from jaxr1.rl.pack import PackedRows
